@@ -1,0 +1,169 @@
+"""Named profiles and the run configuration.
+
+Every field of :class:`Config` can be overridden from a notebook's papermill ``parameters`` cell
+(``papermill ... -p epochs 3``) or from the runner (``python -m helpers.run --profile smoke -p epochs 3``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PROFILES = ("smoke", "cpu", "full", "auto")
+
+
+@dataclass(frozen=True)
+class Config:
+    """One experiment: data, model, optimisation, checkpoints and where artifacts go."""
+
+    profile: str = "smoke"
+    seed: int = 0
+    # data
+    id_dataset: str = "synthetic"            # synthetic | cifar100 | cifar10 | imagefolder:PATH
+    ood_datasets: tuple[str, ...] = ("synthetic-digits", "synthetic-near", "synthetic-textures")
+    val_ood_dataset: str = "synthetic-near-val"  # held-out OOD set for choosing hyper-parameters
+    num_classes: int = 100                   # synthetic only: number of ID classes
+    per_class: int = 24                      # synthetic only: training images per class
+    train_subset: int = 0                    # 0 = whole training set, else a class-balanced subset
+    val_fraction: float = 0.1                # seeded validation split of the training set
+    ood_subset: int = 0                      # 0 = whole OOD test sets, else at most this many images
+    data_root: str = ""                      # "" = $OODNC_DATA or ~/.cache/oodnc
+    # model
+    width: int = 8                           # channels of the first stage (64 = ResNet-18)
+    # optimisation
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    augment: bool = False                    # random crop (4-pixel padding) + horizontal flip
+    checkpoint_every: int = 3                # regular checkpoints after a log-spaced early phase
+    # execution
+    device: str = "auto"                     # auto | cpu | cuda | cuda:N
+    compile: bool = False                    # torch.compile the model (GPU)
+    eval_batch_size: int = 512
+    artifacts: str = ""                      # "" = $OODNC_ARTIFACTS or <repo>/artifacts
+    extra_ood: tuple[str, ...] = field(default=())  # more OOD sets, e.g. ("imagefolder:/data/x",)
+
+    # ------------------------------------------------------------------ derived paths
+    def key(self) -> str:
+        """Short hash of every field that changes the trained weights."""
+        fields = ("id_dataset", "num_classes", "per_class", "train_subset", "val_fraction", "width", "epochs",
+                  "batch_size", "lr", "momentum", "nesterov", "weight_decay", "augment", "seed")
+        blob = json.dumps({k: getattr(self, k) for k in fields}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+    def run_dir(self) -> Path:
+        """Artifacts of this configuration: ``<artifacts>/<profile>-<id>-s<seed>-<key>``."""
+        root = Path(self.artifacts or os.environ.get("OODNC_ARTIFACTS") or REPO_ROOT / "artifacts")
+        ident = self.id_dataset.replace("imagefolder:", "").strip("/").replace("/", "_")[-24:]
+        return root / f"{self.profile}-{ident}-s{self.seed}-{self.key()}"
+
+    def data_dir(self) -> Path:
+        return Path(self.data_root or os.environ.get("OODNC_DATA") or Path.home() / ".cache" / "oodnc")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_SMOKE = dict(profile="smoke")
+_CPU = dict(profile="cpu", id_dataset="cifar10", width=16, epochs=40, train_subset=10000, batch_size=128, lr=0.05,
+            augment=False, checkpoint_every=5,
+            ood_datasets=("fashion-mnist", "synthetic-digits", "synthetic-near", "synthetic-textures"),
+            val_ood_dataset="synthetic-near-val", ood_subset=2000)
+_FULL = dict(profile="full", id_dataset="cifar100", width=64, epochs=200, batch_size=128, lr=0.1, augment=True,
+             checkpoint_every=10, ood_datasets=("svhn", "cifar10", "dtd"), val_ood_dataset="synthetic-near-val")
+_PROFILES = {"smoke": _SMOKE, "cpu": _CPU, "full": _FULL}
+
+
+def choose_profile(profile: str) -> tuple[str, str]:
+    """Resolve ``auto`` to ``full`` on CUDA and ``smoke`` otherwise; returns (profile, reason)."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}.")
+    if profile != "auto":
+        return profile, "asked for explicitly"
+    if torch.cuda.is_available():
+        return "full", f"auto: CUDA device {torch.cuda.get_device_name(0)} found"
+    return "smoke", "auto: no CUDA device, so the small offline profile"
+
+
+def _coerce(name: str, value: Any, default: Any) -> Any:
+    """Check an override against the field's type; tuples accept lists and comma-separated strings."""
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+    elif isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(default, float):
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif isinstance(default, tuple):
+        if isinstance(value, str):
+            return tuple(v.strip() for v in value.split(",") if v.strip())
+        if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+    elif isinstance(default, str) and isinstance(value, str):
+        return value
+    want = type(default).__name__
+    raise ValueError(f"parameter {name!r} must be {want}, got {type(value).__name__} {value!r}; "
+                     f"e.g. -p {name} {default!r}.")
+
+
+def make_config(profile: str = "auto", **overrides: Any) -> Config:
+    """Config of a named profile with overrides; unknown names and wrong types raise ``ValueError``."""
+    name, _ = choose_profile(profile)
+    base = Config(**_PROFILES[name])
+    defaults = base.to_dict()
+    values = dict(defaults)
+    for key, value in overrides.items():
+        if key not in defaults or key == "profile":
+            close = difflib.get_close_matches(key, defaults, n=1)
+            hint = f" did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"unknown parameter {key!r};{hint} valid names: {', '.join(sorted(defaults))}.")
+        values[key] = _coerce(key, value, defaults[key])
+    cfg = Config(**values)
+    _validate(cfg)
+    return cfg
+
+
+def _validate(cfg: Config) -> None:
+    positive = ("epochs", "batch_size", "width", "checkpoint_every", "eval_batch_size", "num_classes", "per_class")
+    for k in positive:
+        if getattr(cfg, k) <= 0:
+            raise ValueError(f"parameter {k!r} must be positive, got {getattr(cfg, k)}.")
+    if not 0.0 <= cfg.val_fraction < 0.5:
+        raise ValueError(f"val_fraction must lie in [0, 0.5), got {cfg.val_fraction}.")
+    if cfg.lr <= 0:
+        raise ValueError(f"lr must be positive, got {cfg.lr}.")
+
+
+def from_notebook(namespace: dict[str, Any]) -> Config:
+    """Build the config from a notebook's globals: ``profile`` plus any papermill-injected field.
+
+    Every plain value (number, string, bool, list, tuple) defined before this call other than ``profile``
+    must be a config field, so a typo such as ``-p epoch 3`` fails loudly instead of being ignored.
+    """
+    plain = (bool, int, float, str, list, tuple)
+    skip = {"In", "Out", "exit", "quit", "get_ipython", "open"}
+    found = {k: v for k, v in namespace.items()
+             if not k.startswith("_") and k not in skip and isinstance(v, plain) and k != "profile"}
+    return make_config(namespace.get("profile", "auto"), **{k: v for k, v in found.items() if v is not None})
+
+
+def resolve_device(cfg: Config) -> torch.device:
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {cfg.device!r} asked for but CUDA is not available; use -p device cpu.")
+    return torch.device(cfg.device)

@@ -1,0 +1,86 @@
+"""The one loop over a data set: logits, penultimate features and pooled block outputs, cached on disk.
+
+Scores and collapse metrics take the tensors this module returns and never call the model
+(as pytorch-ood's ``fit_features``/``predict_features`` and neural-collapse's accumulate-then-measure split).
+The cache key covers the checkpoint's content, the data set and the preprocessing, so a warm re-run of
+notebooks 02–05 does not touch the network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .data import ImageSet, normalize
+
+
+@dataclass
+class Features:
+    """Network outputs for one data set: logits (N, K), features h (N, D), labels (N,),
+    and optionally the pooled outputs of the 8 residual blocks, each (N, C_l)."""
+
+    logits: Tensor
+    features: Tensor
+    labels: Tensor
+    blocks: list[Tensor] | None = None
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+
+@torch.no_grad()
+def extract(model: nn.Module, ds: ImageSet, mean: Tensor, std: Tensor, device: torch.device,
+            batch_size: int = 512, blocks: bool = False, progress: bool = False) -> Features:
+    """One pass of ``model`` (eval mode) over ``ds``; results as float32 CPU tensors."""
+    was_training = model.training
+    model.eval()
+    images = ds.images.to(device, non_blocking=True)
+    channels_last = device.type == "cuda"
+    outs: list = []
+    for start in tqdm(range(0, len(ds), batch_size), desc=f"features {ds.name}", disable=not progress, leave=False):
+        x = normalize(images[start:start + batch_size], mean, std)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            out = model.run(x, blocks=blocks)
+        outs.append((out.logits.float(), out.features.float(), [b.float() for b in out.blocks] if blocks else None))
+    model.train(was_training)
+    logits = torch.cat([o[0] for o in outs]).cpu()                       # (N, K)
+    feats = torch.cat([o[1] for o in outs]).cpu()                        # (N, D)
+    pooled = [torch.cat([o[2][i] for o in outs]).cpu() for i in range(len(outs[0][2]))] if blocks else None
+    return Features(logits, feats, ds.labels.clone(), pooled)
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's bytes (first 16 hex digits): the checkpoint part of the cache key."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def cached(cache_dir: Path, checkpoint: Path, ds: ImageSet, model: nn.Module, mean: Tensor, std: Tensor,
+           device: torch.device, batch_size: int = 512, blocks: bool = False) -> Features:
+    """Features of ``ds`` under the checkpoint's weights, computed once and then read from ``cache_dir``.
+
+    ``model`` must already hold the checkpoint's weights; the key is (checkpoint bytes, set name, size,
+    normalisation statistics). A file that holds the block outputs also serves requests without them.
+    """
+    prep = hashlib.sha256(f"{ds.name}|{len(ds)}|{mean.tolist()}|{std.tolist()}".encode()).hexdigest()[:12]
+    path = Path(cache_dir) / file_digest(checkpoint) / f"{ds.name.replace('/', '_').replace(':', '_')}-{prep}.pt"
+    if path.exists():
+        blob = torch.load(path, weights_only=True)
+        if blob.get("blocks") is not None or not blocks:
+            return Features(blob["logits"], blob["features"], blob["labels"], blob.get("blocks") if blocks else None)
+    f = extract(model, ds, mean, std, device, batch_size, blocks)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"logits": f.logits, "features": f.features, "labels": f.labels, "blocks": f.blocks}, tmp)
+    tmp.replace(path)
+    return f

@@ -1,0 +1,447 @@
+"""Post-hoc OOD scores computed from cached features, logits and the last layer.
+
+Sign convention: every score here is oriented so that a **higher score means more in-distribution (ID)**,
+the direction of Jingkang50/OpenOOD and of scikit-learn's ``score_samples``. kkirchheim/pytorch-ood
+returns outlier scores (higher = OOD), the opposite sign; where a formula is ported from there it is
+negated once and the docstring says so. ``helpers.metrics`` treats OOD as the positive class and flips
+the sign in exactly one place.
+
+Each score is a small estimator with scikit-learn habits: hyper-parameters are ``__init__`` keywords
+stored as given; ``fit(train_features, train_logits, train_labels, fc_weight, fc_bias)`` learns from
+ID training data and returns ``self``; learned state ends in ``_``; ``score(features, logits)`` returns
+a 1-D float64 numpy array, one value per row. Scores that learn nothing (MSP, MaxLogit, Energy, GEN)
+still have ``fit``, so every score is used the same way. ``SCORES`` maps names to classes.
+
+Notation (book, chapter "OOD scores"): ``h`` features (N, D), ``z`` logits (N, K), last layer
+``W`` (K, D) and ``b`` (K,), class means ``mu_c`` (K, D), within-class covariance ``Sigma_W`` (D, D).
+Inputs may be numpy arrays or torch tensors; computations run on the CPU in float64.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Self
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.exceptions import NotFittedError
+from torch import Tensor
+
+from helpers.stats import ArrayLike, as_labels, as_tensor, class_means, within_class_cov
+
+_CHUNK_ELEMENTS = 2**22     # entries of one (rows x training samples) similarity block in KNN
+
+
+def _tensor(x: ArrayLike, name: str) -> Tensor:
+    """Finite float64 CPU tensor (NaN/inf rejected by ``helpers.stats.as_tensor``)."""
+    return as_tensor(x, name=name).cpu()
+
+
+def _check_matrix(t: Tensor, name: str, cols: int | None = None, what: str = "columns") -> None:
+    if t.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (rows, {what}); got shape {tuple(t.shape)}.")
+    if cols is not None and t.shape[1] != cols:
+        raise ValueError(f"{name} has {t.shape[1]} {what}, expected {cols}; pass arrays from the same model.")
+
+
+def _check_positive(value: float, name: str) -> None:
+    if not value > 0:
+        raise ValueError(f"{name} must be > 0; got {value!r}.")
+
+
+def _check_int(value: Any, name: str, low: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}; got {value!r}.")
+
+
+def _check_percentile(value: float, name: str = "percentile", high_open: bool = False) -> None:
+    ok = 0 <= value < 100 if high_open else 0 <= value <= 100
+    if not ok:
+        raise ValueError(f"{name} must lie in [0, 100{')' if high_open else ']'}; got {value!r}.")
+
+
+def _param_names(cls: type) -> list[str]:
+    """Names of the keyword hyper-parameters of ``cls.__init__`` (none for ``object.__init__``)."""
+    if cls.__init__ is object.__init__:
+        return []
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return [n for n, p in inspect.signature(cls.__init__).parameters.items() if n != "self" and p.kind in kinds]
+
+
+def energy(z: Tensor, temperature: float = 1.0) -> Tensor:
+    """Negative free energy T log sum_k exp(z_k / T), shape (N,) (the book's eq. eq-energy)."""
+    return temperature * torch.logsumexp(z / temperature, dim=1)
+
+
+class OODScore:
+    """Base class of all scores: ``fit`` checks and stores shapes, ``score`` checks inputs.
+
+    Subclasses implement ``_fit(h, z, y, W, b)`` and ``_score(h, z) -> (N,)`` on float64 tensors.
+    """
+
+    def _fit(self, h: Tensor, z: Tensor, y: Tensor, W: Tensor, b: Tensor) -> None:
+        """Learn state from ID training data; nothing to learn by default."""
+
+    def _score(self, h: Tensor, z: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def fit(self, train_features: ArrayLike, train_logits: ArrayLike, train_labels: ArrayLike,
+            fc_weight: ArrayLike, fc_bias: ArrayLike) -> Self:
+        """Learn from ID training features h (N, D), logits z (N, K), labels y (N,), W (K, D), b (K,)."""
+        h, z = _tensor(train_features, "train_features"), _tensor(train_logits, "train_logits")
+        W, b = _tensor(fc_weight, "fc_weight"), _tensor(fc_bias, "fc_bias").reshape(-1)
+        _check_matrix(W, "fc_weight", what="feature dimensions")
+        K, D = W.shape
+        _check_matrix(h, "train_features", D, "feature dimensions")
+        _check_matrix(z, "train_logits", K, "classes (rows of fc_weight)")
+        if b.numel() != K:
+            raise ValueError(f"fc_bias has {b.numel()} entries, fc_weight has {K} rows; pass the same layer's bias.")
+        if z.shape[0] != h.shape[0] or h.shape[0] == 0:
+            raise ValueError(f"got {h.shape[0]} feature rows and {z.shape[0]} logit rows; pass one of each per sample.")
+        y = as_labels(train_labels, h.shape[0])
+        if y.min() < 0 or y.max() >= K:
+            raise ValueError(f"train_labels must lie in [0, {K}); got {int(y.min())}..{int(y.max())}.")
+        self._fit(h, z, y, W, b)
+        self.n_features_in_, self.n_classes_ = D, K
+        return self
+
+    def score(self, features: ArrayLike, logits: ArrayLike) -> np.ndarray:
+        """Score features h (N, D) and logits z (N, K); returns (N,) float64, higher = more ID."""
+        if not hasattr(self, "n_features_in_"):
+            raise NotFittedError(f"{type(self).__name__} is not fitted yet; call fit(train_features, "
+                                 "train_logits, train_labels, fc_weight, fc_bias) first.")
+        h, z = _tensor(features, "features"), _tensor(logits, "logits")
+        _check_matrix(h, "features", self.n_features_in_, "feature dimensions")
+        _check_matrix(z, "logits", self.n_classes_, "classes")
+        if z.shape[0] != h.shape[0]:
+            raise ValueError(f"got {h.shape[0]} feature rows and {z.shape[0]} logit rows; pass one of each per sample.")
+        return self._score(h, z).numpy().astype(np.float64).reshape(-1)       # (N,)
+
+    def get_params(self) -> dict[str, Any]:
+        """Hyper-parameters as given to ``__init__`` (as scikit-learn's ``get_params``)."""
+        return {name: getattr(self, name) for name in _param_names(type(self))}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+
+class MSP(OODScore):
+    """Maximum softmax probability max_k softmax(z)_k (Hendrycks & Gimpel, ICLR 2017).
+
+    Derived in the book, chapter "OOD scores" (eq. eq-msp). Uses logits z (N, K) only.
+    """
+
+    def _score(self, h: Tensor, z: Tensor) -> Tensor:
+        return torch.softmax(z, dim=1).max(dim=1).values
+
+
+class MaxLogit(OODScore):
+    """Maximum logit max_k z_k (Hendrycks et al., ICML 2022).
+
+    Derived in the book, chapter "OOD scores" (eq. eq-maxlogit). Uses logits z (N, K) only.
+    """
+
+    def _score(self, h: Tensor, z: Tensor) -> Tensor:
+        return z.max(dim=1).values
+
+
+class Energy(OODScore):
+    """Negative free energy T log sum_k exp(z_k / T) (Liu et al., NeurIPS 2020).
+
+    Derived in the book, chapter "OOD scores" (eq. eq-energy). pytorch-ood's ``EnergyBased`` returns
+    the energy itself (minus this). Uses logits z (N, K) only.
+
+    Args:
+        temperature: T > 0.
+    """
+
+    def __init__(self, temperature: float = 1.0):
+        _check_positive(temperature, "temperature")
+        self.temperature = temperature
+
+    def _score(self, h: Tensor, z: Tensor) -> Tensor:
+        return energy(z, self.temperature)
+
+
+def _pinv_sqrt(sigma: Tensor) -> Tensor:
+    """L (D, r) with L L^T = Sigma^+, from eigh with the relative cut-off D * eps * lambda_max.
+
+    Directions with (numerically) zero variance, e.g. dead feature dimensions, are dropped, as
+    ``torch.linalg.pinv(hermitian=True)`` drops them.
+    """
+    lam, V = torch.linalg.eigh(sigma)                                    # (D,), (D, D)
+    if lam.max() <= 0:
+        raise ValueError("the within-class covariance is zero; Mahalanobis needs spread within the classes.")
+    keep = lam > lam.max() * sigma.shape[0] * torch.finfo(sigma.dtype).eps
+    return V[:, keep] / lam[keep].sqrt()                                 # (D, r)
+
+
+class Mahalanobis(OODScore):
+    """Minus the smallest squared Mahalanobis distance to a class mean (Lee et al., NeurIPS 2018).
+
+    S(h) = -min_c (h - mu_c)^T Sigma_W^+ (h - mu_c), with class means mu_c and one tied within-class
+    covariance Sigma_W from the training features. Derived in the book, chapter "OOD scores"
+    (eq. eq-mahalanobis).
+
+    The pseudo-inverse keeps singular covariances (dead feature dimensions) usable; a test feature's
+    component along a zero-variance direction is then ignored. Vectorised by whitening: with
+    L L^T = Sigma_W^+, the distance is ||h L - mu_c L||. pytorch-ood returns half the distance computed
+    from an unnormalised covariance, with the opposite sign: the same ranking.
+    """
+
+    def _fit(self, h: Tensor, z: Tensor, y: Tensor, W: Tensor, b: Tensor) -> None:
+        self.means_ = class_means(h, y, num_classes=W.shape[0])          # (K, D)
+        sigma_w = within_class_cov(h, y, self.means_)                    # (D, D)
+        self.whitener_ = _pinv_sqrt(sigma_w)                             # (D, r)
+        self.precision_ = self.whitener_ @ self.whitener_.T              # (D, D) = Sigma_W^+
+
+    def _score(self, h: Tensor, z: Tensor) -> Tensor:
+        hw, mw = h @ self.whitener_, self.means_ @ self.whitener_        # (N, r), (K, r)
+        d2 = torch.cdist(hw, mw, compute_mode="donot_use_mm_for_euclid_dist") ** 2  # (N, K)
+        return -d2.min(dim=1).values
+
+
+def vim_default_dim(n_features: int) -> int:
+    """ViM's principal dimension: 1000 if D >= 2048, 512 if D >= 768, else D // 2."""
+    if n_features >= 2048:
+        return 1000
+    return 512 if n_features >= 768 else n_features // 2
+
+
+class ViM(OODScore):
+    """Virtual-logit matching: log sum_k exp(z_k) - alpha ||(I - P P^T)(h - u)|| (Wang et al., CVPR 2022).
+
+    Origin u = -W^+ b (eq. eq-vim-origin); P (D, d) holds the eigenvectors with the d largest eigenvalues
+    of (1/N) sum_i (h_i - u)(h_i - u)^T over the training features, not centred at their mean, as the
+    paper's code (EmpiricalCovariance(assume_centered=True)); residual r(h) = ||(I - P P^T)(h - u)||
+    (eq. eq-vim-residual); alpha = mean_i max_k z_ik / mean_i r(h_i) over the training set
+    (eq. eq-vim-alpha); score in eq. eq-vim. Derived in the book, chapter "OOD scores".
+    pytorch-ood's ``ViM`` returns minus this score.
+
+    Args:
+        dim: principal dimension d, 1 <= d < D. ``None`` uses the rule of the paper's code
+            (haoqiwang/vim, benchmark.py): d = 1000 if D >= 2048, else 512; features narrower than
+            768 (e.g. ResNet-18's 512) get d = D // 2, pytorch-ood's fallback.
+    """
+
+    def __init__(self, dim: int | None = None):
+        if dim is not None:
+            _check_int(dim, "dim")
+        self.dim = dim
+
+    def _fit(self, h: Tensor, z: Tensor, y: Tensor, W: Tensor, b: Tensor) -> None:
+        D = h.shape[1]
+        d = vim_default_dim(D) if self.dim is None else self.dim
+        if not 1 <= d < D:
+            raise ValueError(f"dim must be below the feature size: got dim={d} for D={D} features.")
+        self.origin_ = -torch.linalg.pinv(W) @ b                          # (D,)
+        x = h - self.origin_                                             # (N, D)
+        _, V = torch.linalg.eigh(x.T @ x / x.shape[0])                   # ascending eigenvalues
+        self.null_space_ = V[:, : D - d]                                 # (D, D - d), I - P P^T = NS NS^T
+        residual = (x @ self.null_space_).norm(dim=1)                    # (N,)
+        if residual.mean() <= 0:
+            raise ValueError("training features have no residual outside the principal space; lower dim.")
+        self.alpha_ = float(z.max(dim=1).values.mean() / residual.mean())
+        self.dim_ = d
+
+    def residual(self, features: ArrayLike) -> np.ndarray:
+        """Residual norms r(h) = ||(I - P P^T)(h - u)||, (N,) (eq. eq-vim-residual)."""
+        if not hasattr(self, "null_space_"):
+            raise NotFittedError("ViM is not fitted yet; call fit(...) first.")
+        h = _tensor(features, "features")
+        _check_matrix(h, "features", self.null_space_.shape[0], "feature dimensions")
+        return ((h - self.origin_) @ self.null_space_).norm(dim=1).numpy()
+
+    def _score(self, h: Tensor, z: Tensor) -> Tensor:
+        residual = ((h - self.origin_) @ self.null_space_).norm(dim=1)  # (N,)
+        return torch.logsumexp(z, dim=1) - self.alpha_ * residual
+
+
+class NECO(OODScore):
+    """Neural-collapse OOD score ||P h~|| / ||h~||, optionally times max_k z_k (Ben Ammar et al., ICLR 2024).
+
+    h~ = (h - mu_G) / s is the training-centred feature, divided by the per-feature training standard
+    deviation s when ``standardize`` (else s = 1); P (d, D) holds the top-d principal directions of the
+    training h~. Derived in the book, chapter "OOD scores" (eq. eq-neco; eq. eq-neco-maxlogit with the
+    max logit, the paper's main variant).
+
+    Centring, following the paper's code (StandardScaler, then sklearn PCA.transform, numerator over the
+    PCA coordinates, denominator ||h~||): there h~ is standardised, so it is centred at the training
+    mean and PCA's own centring is a no-op; ``standardize=True`` reproduces that exactly. With
+    ``standardize=False`` we still centre by mu_G in numerator and denominator, so the ratio stays in
+    [0, 1] and matches the neural-collapse geometry (class means form a simplex centred at mu_G).
+    A feature equal to mu_G scores 0.
+
+    Args:
+        dim: number d of principal components, 1 <= d <= D; ``None`` chooses by ``explained_variance``.
+        explained_variance: in (0, 1]; the smallest d whose cumulative explained variance reaches it.
+        standardize: z-score the features with training statistics before PCA (the paper's code).
+        maxlogit: multiply the ratio by the max logit (eq. eq-neco-maxlogit).
+
+    Learned: ``dim_`` (chosen d) and ``explained_variance_ratio_``, the **cumulative** explained-variance
+    curve (D,) (entry j is the fraction kept by the top j + 1 components), for sweeps over d.
+    """
+
+    def __init__(self, dim: int | None = None, explained_variance: float = 0.9, standardize: bool = False,
+                 maxlogit: bool = True):
+        if dim is not None:
+            _check_int(dim, "dim")
+        if not 0 < explained_variance <= 1:
+            raise ValueError(f"explained_variance must lie in (0, 1]; got {explained_variance!r}.")
+        self.dim, self.explained_variance = dim, explained_variance
+        self.standardize, self.maxlogit = standardize, maxlogit
+
+    def _fit(self, h: Tensor, z: Tensor, y: Tensor, W: Tensor, b: Tensor) -> None:
+        D = h.shape[1]
+        if self.dim is not None and self.dim > D:
+            raise ValueError(f"dim must be at most the feature size: got dim={self.dim} for D={D} features.")
+        self.mean_ = h.mean(dim=0)                                       # (D,) mu_G
+        std = h.std(dim=0, unbiased=False)
+        self.scale_ = torch.where(std > 0, std, 1.0) if self.standardize else torch.ones(D, dtype=h.dtype)
+        x = (h - self.mean_) / self.scale_                               # (N, D)
+        lam, V = torch.linalg.eigh(x.T @ x / x.shape[0])                 # ascending
+        lam, V = lam.flip(0).clamp_min(0), V.flip(1)                     # descending
+        if lam.sum() <= 0:
+            raise ValueError("training features have zero variance; NECO needs spread in the features.")
+        cumulative = (lam.cumsum(0) / lam.sum()).numpy()                 # (D,)
+        auto = int(np.searchsorted(cumulative, self.explained_variance - 1e-12)) + 1
+        self.dim_ = min(auto, D) if self.dim is None else self.dim
+        self.explained_variance_ratio_ = cumulative
+        self.components_ = V[:, : self.dim_].T                           # (d, D)
+
+    def _score(self, h: Tensor, z: Tensor) -> Tensor:
+        x = (h - self.mean_) / self.scale_                               # (N, D)
+        ratio = (x @ self.components_.T).norm(dim=1) / x.norm(dim=1).clamp_min(1e-300)  # (N,)
+        return ratio * z.max(dim=1).values if self.maxlogit else ratio
+
+
+class KNN(OODScore):
+    """Minus the distance to the k-th nearest training feature, on the unit sphere (Sun et al., ICML 2022).
+
+    S(h) = -||h/||h|| - h_(k)/||h_(k)|| || with h_(k) the k-th nearest normalised training feature.
+    Derived in the book, chapter "OOD scores" (eq. eq-knn). pytorch-ood's ``KNN`` returns the distance
+    (minus this). Computed in chunks of test rows with ||a - b||^2 = 2 - 2 a.b for unit vectors.
+
+    Args:
+        k: neighbour rank, 1 <= k <= number of training samples (the paper uses 50 on CIFAR-10).
+    """
+
+    def __init__(self, k: int = 50):
+        _check_int(k, "k")
+        self.k = k
+
+    def _fit(self, h: Tensor, z: Tensor, y: Tensor, W: Tensor, b: Tensor) -> None:
+        if self.k > h.shape[0]:
+            raise ValueError(f"k={self.k} exceeds the training size ({h.shape[0]} samples); lower k.")
+        self.bank_ = F.normalize(h, dim=1)                               # (N_train, D)
+
+    def _score(self, h: Tensor, z: Tensor) -> Tensor:
+        q = F.normalize(h, dim=1)                                        # (N, D)
+        rows = max(1, _CHUNK_ELEMENTS // self.bank_.shape[0])
+        kth = [(c @ self.bank_.T).topk(self.k, dim=1).values[:, -1] for c in q.split(rows)]  # chunks of (rows,)
+        sim = torch.cat(kth) if kth else q.new_zeros(0)                  # (N,) k-th largest cosine
+        return -(2 - 2 * sim).clamp_min(0).sqrt()
+
+
+class ReAct(OODScore):
+    """Energy of logits recomputed from clipped features, min(h, c) W^T + b (Sun et al., NeurIPS 2021).
+
+    c is the ``percentile``-th percentile of all training activations. Derived in the book, chapter
+    "OOD scores" (eq. eq-react). The logits passed to ``score`` are only shape-checked.
+
+    Args:
+        percentile: in [0, 100] (the paper uses 90).
+        temperature: T > 0 of the energy.
+    """
+
+    def __init__(self, percentile: float = 90, temperature: float = 1.0):
+        _check_percentile(percentile)
+        _check_positive(temperature, "temperature")
+        self.percentile, self.temperature = percentile, temperature
+
+    def _fit(self, h: Tensor, z: Tensor, y: Tensor, W: Tensor, b: Tensor) -> None:
+        self.threshold_ = float(np.percentile(h.numpy(), self.percentile))
+        self.weight_, self.bias_ = W, b
+
+    def _score(self, h: Tensor, z: Tensor) -> Tensor:
+        z_clipped = h.clamp(max=self.threshold_) @ self.weight_.T + self.bias_  # (N, K)
+        return energy(z_clipped, self.temperature)
+
+
+class ASH(OODScore):
+    """ASH-S: energy of logits from pruned and rescaled features (Djurisic et al., ICLR 2023).
+
+    Per sample, keep the top k = D - round(D p / 100) activations, zero the rest and multiply by
+    exp(s1 / s2), s1 and s2 the activation sums before and after pruning; then logits via W, b and
+    the energy. Derived in the book, chapter "OOD scores" (eq. eq-ash). Meant for non-negative
+    (post-ReLU) features. The logits passed to ``score`` are only shape-checked.
+
+    Args:
+        percentile: p in [0, 100), the share of activations pruned (the paper sweeps 65 to 90).
+    """
+
+    def __init__(self, percentile: float = 90):
+        _check_percentile(percentile, high_open=True)
+        self.percentile = percentile
+
+    def _fit(self, h: Tensor, z: Tensor, y: Tensor, W: Tensor, b: Tensor) -> None:
+        D = h.shape[1]
+        self.n_kept_ = D - int(np.round(D * self.percentile / 100.0))
+        if self.n_kept_ < 1:
+            raise ValueError(f"percentile={self.percentile} prunes all {D} activations; lower it.")
+        self.weight_, self.bias_ = W, b
+
+    def _score(self, h: Tensor, z: Tensor) -> Tensor:
+        top, idx = h.topk(self.n_kept_, dim=1)                           # (N, k)
+        s1, s2 = h.sum(dim=1), top.sum(dim=1)                            # (N,)
+        ratio = torch.where(s2 != 0, s1 / torch.where(s2 != 0, s2, 1.0), 0.0)
+        shaped = torch.zeros_like(h).scatter_(1, idx, top) * ratio.exp()[:, None]  # (N, D)
+        return energy(shaped @ self.weight_.T + self.bias_)
+
+
+class GEN(OODScore):
+    """Generalized entropy -sum_{top M} p_j^gamma (1 - p_j)^gamma of the softmax (Liu et al., CVPR 2023).
+
+    Derived in the book, chapter "OOD scores" (eq. eq-gen). pytorch-ood returns the mean of the terms
+    (higher = OOD): same ranking, opposite sign. Uses logits z (N, K) only.
+
+    Args:
+        gamma: exponent > 0 (paper: 0.1).
+        M: number of largest probabilities used, 1 <= M <= K; ``None`` means min(100, K).
+    """
+
+    def __init__(self, gamma: float = 0.1, M: int | None = None):
+        _check_positive(gamma, "gamma")
+        if M is not None:
+            _check_int(M, "M")
+        self.gamma, self.M = gamma, M
+
+    def _fit(self, h: Tensor, z: Tensor, y: Tensor, W: Tensor, b: Tensor) -> None:
+        K = W.shape[0]
+        if self.M is not None and self.M > K:
+            raise ValueError(f"M={self.M} exceeds the number of classes K={K}; lower M.")
+        self.M_ = min(100, K) if self.M is None else self.M
+
+    def _score(self, h: Tensor, z: Tensor) -> Tensor:
+        p = torch.softmax(z, dim=1).topk(self.M_, dim=1).values         # (N, M)
+        return -(p.pow(self.gamma) * (1 - p).pow(self.gamma)).sum(dim=1)
+
+
+SCORES: dict[str, type[OODScore]] = {
+    "msp": MSP, "maxlogit": MaxLogit, "energy": Energy, "mahalanobis": Mahalanobis, "vim": ViM,
+    "neco": NECO, "knn": KNN, "react": ReAct, "ash": ASH, "gen": GEN,
+}
+
+
+def make_score(name: str, **options: Any) -> OODScore:
+    """Build ``SCORES[name](**options)``, with ValueErrors naming the valid choices."""
+    if name not in SCORES:
+        raise ValueError(f"unknown score {name!r}; choose one of {sorted(SCORES)}.")
+    cls = SCORES[name]
+    valid = _param_names(cls)
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown options {unknown} for {name!r}; valid options are {valid}.")
+    return cls(**options)
