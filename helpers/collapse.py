@@ -195,7 +195,7 @@ def nc2_equinorm(V: Tensor) -> float:
 
 
 def nc2_equiangular(V: Tensor) -> float:
-    """Equiangularity deviation Avg_{c != c'} |cos(v_c, v_c') + 1/(K-1)|.
+    """Equiangularity deviation ``Avg_{c != c'} abs(cos(v_c, v_c') + 1/(K-1))``.
 
     Derived in the book, chapter "Neural collapse" (eq. eq-nc2-equiangular); Papyan et al. (2020),
     Figure 3. Zero exactly for a simplex ETF (eq. eq-etf).
@@ -398,7 +398,7 @@ def _id_ood_means(
 
 
 def _mean_abs_cos(V: Tensor, u: Tensor, what: str) -> float:
-    """Avg_c |cos(v_c, u)| for rows v_c of V (K, D) and one vector u (D,)."""
+    """``Avg_c abs(cos(v_c, u))`` for rows v_c of V (K, D) and one vector u (D,)."""
     if float(u.norm()) == 0.0:
         raise ValueError(f"{what} is the zero vector, so its angle to the class means is undefined.")
     cos = (V @ u) / (V.norm(dim=1) * u.norm())                           # (K,)
@@ -406,7 +406,7 @@ def _mean_abs_cos(V: Tensor, u: Tensor, what: str) -> float:
 
 
 def nc5(id_features: ArrayLike, id_labels: ArrayLike, ood_features: ArrayLike, num_classes: int | None = None) -> float:
-    """ID/OOD orthogonality NC5 (OrthoDev) = Avg_c |cos(mu_c, mu_G^OOD)| on uncentred means.
+    """ID/OOD orthogonality NC5 (OrthoDev) = ``Avg_c abs(cos(mu_c, mu_G^OOD))`` on uncentred means.
 
     Derived in the book, chapter "Neural collapse" (eq. eq-nc5); Ben Ammar et al., "NECO: NEural
     Collapse Based Out-of-distribution detection" (ICLR 2024), Section 4. mu_c are the ID class
@@ -430,7 +430,7 @@ def nc5(id_features: ArrayLike, id_labels: ArrayLike, ood_features: ArrayLike, n
 def nc5_centred(
     id_features: ArrayLike, id_labels: ArrayLike, ood_features: ArrayLike, num_classes: int | None = None
 ) -> float:
-    """Centred NC5 = Avg_c |cos(mu_c - mu_G, mu_G^OOD - mu_G)|, all means centred on the ID global mean.
+    """Centred NC5 = ``Avg_c abs(cos(mu_c - mu_G, mu_G^OOD - mu_G))``, all means centred on the ID global mean.
 
     Derived in the book, chapter "Neural collapse" (eq. eq-nc5-centred); a centred variant of the
     OrthoDev of Ben Ammar et al. (ICLR 2024). Centring on mu_G (mean of all ID features) removes

@@ -242,7 +242,7 @@ def split_validation(ds: ImageSet, fraction: float, seed: int) -> tuple[ImageSet
     g = torch.Generator().manual_seed(seed + 1)
     order = torch.randperm(len(ds), generator=g)
     n_val = int(round(fraction * len(ds)))
-    return ds.subset(order[n_val:].sort().values), ds.subset(order[:n_val].sort().values, ds.name + "-val")
+    return ds.subset(order[n_val:].sort().values), ds.subset(order[:n_val].sort().values, ds.name + ":val")
 
 
 def limit(ds: ImageSet, n: int, seed: int) -> ImageSet:
@@ -273,6 +273,7 @@ def id_splits(cfg: Config) -> Splits:
     full = balanced_subset(load(cfg.id_dataset, "train", cfg), cfg.train_subset, cfg.seed)
     train, val = split_validation(full, cfg.val_fraction, cfg.seed)
     test = load(cfg.id_dataset, "test", cfg)
+    train.name, val.name, test.name = (f"{cfg.id_dataset}:{s}" for s in ("train", "val", "test"))
     x = train.images.float() / 255
     return Splits(train, val, test, x.mean((0, 2, 3)), x.std((0, 2, 3)))
 

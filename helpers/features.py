@@ -16,7 +16,10 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .data import ImageSet, normalize
+from .checkpoint import load as load_checkpoint
+from .config import Config
+from .data import ImageSet, Splits, normalize
+from .model import build_model
 
 
 @dataclass
@@ -65,22 +68,47 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def cached(cache_dir: Path, checkpoint: Path, ds: ImageSet, model: nn.Module, mean: Tensor, std: Tensor,
-           device: torch.device, batch_size: int = 512, blocks: bool = False) -> Features:
-    """Features of ``ds`` under the checkpoint's weights, computed once and then read from ``cache_dir``.
-
-    ``model`` must already hold the checkpoint's weights; the key is (checkpoint bytes, set name, size,
-    normalisation statistics). A file that holds the block outputs also serves requests without them.
-    """
+def cache_path(cache_dir: Path, checkpoint: Path, ds: ImageSet, mean: Tensor, std: Tensor) -> Path:
+    """Cache file of ``ds`` under ``checkpoint``: keyed by the checkpoint's bytes, the set's name and size
+    and the normalisation statistics."""
     prep = hashlib.sha256(f"{ds.name}|{len(ds)}|{mean.tolist()}|{std.tolist()}".encode()).hexdigest()[:12]
-    path = Path(cache_dir) / file_digest(checkpoint) / f"{ds.name.replace('/', '_').replace(':', '_')}-{prep}.pt"
-    if path.exists():
-        blob = torch.load(path, weights_only=True)
-        if blob.get("blocks") is not None or not blocks:
-            return Features(blob["logits"], blob["features"], blob["labels"], blob.get("blocks") if blocks else None)
-    f = extract(model, ds, mean, std, device, batch_size, blocks)
+    return Path(cache_dir) / file_digest(checkpoint) / f"{ds.name.replace('/', '_').replace(':', '_')}-{prep}.pt"
+
+
+def read_cache(path: Path, blocks: bool) -> Features | None:
+    """Cached features, or None when missing (or when block outputs are asked for but were not stored)."""
+    if not path.exists():
+        return None
+    blob = torch.load(path, weights_only=True)
+    if blocks and blob.get("blocks") is None:
+        return None
+    return Features(blob["logits"], blob["features"], blob["labels"], blob.get("blocks") if blocks else None)
+
+
+def write_cache(path: Path, f: Features) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save({"logits": f.logits, "features": f.features, "labels": f.labels, "blocks": f.blocks}, tmp)
     tmp.replace(path)
-    return f
+
+
+def at_checkpoint(cfg: Config, checkpoint: Path, splits: Splits, sets: dict[str, ImageSet], device: torch.device,
+                  blocks: bool = False) -> dict[str, Features]:
+    """Features of every set in ``sets`` under the weights of ``checkpoint``, through the on-disk cache.
+
+    Each (checkpoint, set) passes through the network once; the model is loaded only on a cache miss, so a
+    warm call never touches the network. A file that holds block outputs also serves calls without them.
+    """
+    cache_dir = cfg.run_dir() / "features"
+    model, out = None, {}
+    for name, ds in sets.items():
+        path = cache_path(cache_dir, checkpoint, ds, splits.mean, splits.std)
+        out[name] = read_cache(path, blocks)
+        if out[name] is None:
+            if model is None:
+                blob = load_checkpoint(checkpoint)
+                model = build_model(blob["num_classes"], blob["config"]["width"], device)
+                model.load_state_dict(blob["model"])
+            out[name] = extract(model, ds, splits.mean, splits.std, device, cfg.eval_batch_size, blocks)
+            write_cache(path, out[name])
+    return out
