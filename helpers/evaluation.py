@@ -1,0 +1,217 @@
+"""The OOD evaluation of notebook 2: every score on every set, the ID-vs-ID check, selection and the NECO sweep.
+
+All functions take cached :class:`helpers.features.Features` (or anything with ``.features`` h (N, D),
+``.logits`` z (N, K) and ``.labels`` (N,)) and the last layer W (K, D), b (K,); nothing calls the model.
+Scores follow ``helpers.ood``: **higher = more in-distribution**. Each score is fitted once on the ID
+training features and then scores every set in one call, so a set costs one vectorised pass per score.
+Protocol and metrics: the book, chapters "OOD scores" (section "How hyper-parameters are fixed") and "Metrics".
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from . import metrics, ood
+from .stats import ArrayLike, as_tensor
+
+
+class FeatureSet(Protocol):
+    """What the functions here read from a :class:`helpers.features.Features`."""
+
+    features: Tensor    # (N, D)
+    logits: Tensor      # (N, K)
+    labels: Tensor      # (N,)
+
+
+Raw = dict[str, dict[str, np.ndarray]]      # {score: {set: (N_set,) scores}}
+
+
+def _check_sets(sets: dict[str, Any], what: str) -> None:
+    if not sets:
+        raise ValueError(f"{what} is empty; pass at least one named set.")
+
+
+def fit_score(name: str, options: dict[str, Any], train: FeatureSet, fc_weight: ArrayLike,
+              fc_bias: ArrayLike) -> ood.OODScore:
+    """``ood.make_score(name, **options)`` fitted on the ID training features, logits and labels."""
+    return ood.make_score(name, **options).fit(train.features, train.logits, train.labels, fc_weight, fc_bias)
+
+
+def compute_scores(train: FeatureSet, fc_weight: ArrayLike, fc_bias: ArrayLike, sets: dict[str, FeatureSet],
+                   scores: dict[str, dict[str, Any]]) -> tuple[Raw, dict[str, ood.OODScore]]:
+    """Fit every score once on ``train`` and score every set: ({score: {set: (N_set,)}}, {score: fitted}).
+
+    Args:
+        train: ID training features (no augmentation), h (N, D), z (N, K), y (N,).
+        fc_weight, fc_bias: last layer W (K, D), b (K,).
+        sets: named sets to score, e.g. {"ID test": ..., "svhn": ...}.
+        scores: {name in ``ood.SCORES``: options for ``ood.make_score``}.
+    """
+    _check_sets(sets, "sets")
+    _check_sets(scores, "scores")
+    raw: Raw = {}
+    fitted: dict[str, ood.OODScore] = {}
+    for name, options in scores.items():
+        fitted[name] = fit_score(name, options, train, fc_weight, fc_bias)
+        raw[name] = {s: fitted[name].score(f.features, f.logits) for s, f in sets.items()}
+    return raw, fitted
+
+
+def summarise(raw: Raw, id_name: str, n_boot: int = 200, seed: int = 0) -> dict[str, dict[str, dict[str, float]]]:
+    """``metrics.summary`` of ID set ``id_name`` against every other set, per score: {score: {set: summary}}.
+
+    AUROC and FPR95 are derived in the book, chapter "Metrics" (eq. eq-auroc, eq-fpr95).
+    """
+    out = {}
+    for name, per_set in raw.items():
+        if id_name not in per_set:
+            raise ValueError(f"ID set {id_name!r} is not among the scored sets {sorted(per_set)}; score it too.")
+        out[name] = {s: metrics.summary(per_set[id_name], v, n_boot=n_boot, seed=seed)
+                     for s, v in per_set.items() if s != id_name}
+    return out
+
+
+def evaluate_scores(train: FeatureSet, fc_weight: ArrayLike, fc_bias: ArrayLike, id_test: FeatureSet,
+                    ood_sets: dict[str, FeatureSet], scores: dict[str, dict[str, Any]], n_boot: int = 200,
+                    seed: int = 0) -> dict[str, dict[str, dict[str, float]]]:
+    """Every score fitted on ``train``, ID test vs each OOD set: {score: {ood_set: metrics.summary}}."""
+    _check_sets(ood_sets, "ood_sets")
+    id_name = "__id_test__"
+    if id_name in ood_sets:
+        raise ValueError(f"an OOD set is named {id_name!r}, which is reserved; rename it.")
+    raw, _ = compute_scores(train, fc_weight, fc_bias, {id_name: id_test, **ood_sets}, scores)
+    return summarise(raw, id_name, n_boot=n_boot, seed=seed)
+
+
+def split_halves(n: int, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """A seeded random split of range(n) into two sorted halves A (floor(n/2)) and B (the rest)."""
+    if n < 2:
+        raise ValueError(f"need at least 2 samples to split in halves; got {n}.")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))   # (n,)
+    return order[: n // 2].sort().values, order[n // 2:].sort().values
+
+
+def auroc_null_sd(n_a: int, n_b: int) -> float:
+    """Standard deviation of the AUROC when both samples come from one distribution (no ties).
+
+    The Mann-Whitney statistic U = n_a n_b AUROC has variance n_a n_b (n_a + n_b + 1) / 12 under the null,
+    so sd(AUROC) = sqrt((n_a + n_b + 1) / (12 n_a n_b)); see the book, chapter "Metrics" (eq. eq-auroc).
+    """
+    if n_a < 1 or n_b < 1:
+        raise ValueError(f"both halves need at least one sample; got {n_a} and {n_b}.")
+    return math.sqrt((n_a + n_b + 1) / (12 * n_a * n_b))
+
+
+def id_vs_id(id_scores: dict[str, ArrayLike], n_boot: int = 200, seed: int = 0) -> dict[str, Any]:
+    """Sanity check: ID test scores split in two seeded halves, half A as "ID" and half B as "OOD".
+
+    The halves are exchangeable, so every score should give AUROC = 0.5 up to sampling noise of about
+    ``auroc_null_sd(n_a, n_b)`` and FPR95 near 0.95 (eq. eq-auroc, eq-fpr95 in the book's chapter "Metrics").
+    Because the scores are fitted on the training set, scoring the halves is the same as indexing the
+    scores of the whole ID test set.
+
+    Args:
+        id_scores: {score: scores of the whole ID test set, (N,)}, all of the same length.
+    Returns:
+        {"n_a", "n_b", "null_sd", "scores": {score: metrics.summary}}.
+    """
+    _check_sets(id_scores, "id_scores")
+    arrays = {k: as_tensor(v, name=f"scores of {k}").numpy() for k, v in id_scores.items()}
+    sizes = {v.shape for v in arrays.values()}
+    if len(sizes) != 1 or len(next(iter(sizes))) != 1:
+        raise ValueError(f"id_scores must be 1-D arrays of one length (the ID test set); got shapes {sorted(sizes)}.")
+    a, b = (i.numpy() for i in split_halves(next(iter(sizes))[0], seed))
+    return {"n_a": len(a), "n_b": len(b), "null_sd": auroc_null_sd(len(a), len(b)),
+            "scores": {k: metrics.summary(v[a], v[b], n_boot=n_boot, seed=seed) for k, v in arrays.items()}}
+
+
+def select_option(name: str, param: str, values: list[Any], train: FeatureSet, fc_weight: ArrayLike,
+                  fc_bias: ArrayLike, id_val: FeatureSet, ood_val: FeatureSet,
+                  base: dict[str, Any] | None = None) -> tuple[Any, list[float]]:
+    """Choose ``param`` of score ``name`` among ``values`` by AUROC of ID validation vs the validation OOD set.
+
+    Only held-out data enter: ``id_val`` is the ID validation split and ``ood_val`` the validation OOD set,
+    never a test set (the book, chapter "OOD scores", section "How hyper-parameters are fixed").
+    Ties go to the earliest value in ``values``. Returns (chosen value, AUROC per value).
+    """
+    if not values:
+        raise ValueError(f"values is empty; pass the candidate values of {param!r}.")
+    aurocs = []
+    for v in values:
+        s = fit_score(name, {**(base or {}), param: v}, train, fc_weight, fc_bias)
+        aurocs.append(metrics.ood_metrics(s.score(id_val.features, id_val.logits),
+                                          s.score(ood_val.features, ood_val.logits))["auroc"])
+    return values[int(np.argmax(aurocs))], aurocs
+
+
+def sweep_dims(D: int, n: int = 24) -> list[int]:
+    """About ``n`` log-spaced integer dimensions from 1 to D (both included), increasing."""
+    if D < 1 or n < 1:
+        raise ValueError(f"D and n must be >= 1; got D={D}, n={n}.")
+    return sorted({int(round(d)) for d in np.geomspace(1, D, n)} | {D})
+
+
+def neco_all_dims(neco: ood.NECO, features: ArrayLike, logits: ArrayLike, dims: list[int]) -> np.ndarray:
+    """NECO scores for several d at once from one fitted ``NECO(dim=D)``: (N, len(dims)).
+
+    With h~ = (h - mu_G) / s and principal coordinates c = P h~ (all D components, descending variance),
+    ||P_d h~||^2 is the cumulative sum of c_j^2 over the first d coordinates, so every d costs one cumsum
+    (the book, chapter "OOD scores", eq. eq-neco and eq. eq-neco-maxlogit when ``neco.maxlogit``).
+    """
+    if not hasattr(neco, "components_") or neco.components_.shape[0] != neco.components_.shape[1]:
+        raise ValueError("pass a NECO fitted with dim equal to the feature size D, so that all components exist.")
+    D = neco.components_.shape[1]
+    if not dims or min(dims) < 1 or max(dims) > D:
+        raise ValueError(f"dims must lie in [1, {D}]; got {dims!r}.")
+    h, z = as_tensor(features).cpu(), as_tensor(logits, name="logits").cpu()
+    if h.ndim != 2 or h.shape[1] != D or z.ndim != 2 or z.shape[0] != h.shape[0]:
+        raise ValueError(f"expected features (N, {D}) and logits (N, K); got {tuple(h.shape)} and {tuple(z.shape)}.")
+    x = (h - neco.mean_) / neco.scale_                                    # (N, D) h~
+    kept = (x @ neco.components_.T).pow(2).cumsum(dim=1).sqrt()           # (N, D) ||P_d h~|| for d = 1..D
+    ratio = kept[:, [d - 1 for d in dims]] / x.norm(dim=1, keepdim=True).clamp_min(1e-300)  # (N, len(dims))
+    return (ratio * z.max(dim=1, keepdim=True).values if neco.maxlogit else ratio).numpy()
+
+
+def neco_sweep(train: FeatureSet, fc_weight: ArrayLike, fc_bias: ArrayLike, id_test: FeatureSet,
+               sets: dict[str, FeatureSet], dims: list[int] | None = None, **options: Any) -> dict[str, Any]:
+    """AUROC of NECO against the number d of principal components, per set; a sensitivity curve, not a selection.
+
+    Args:
+        sets: named OOD sets scored against ``id_test``.
+        dims: values of d; ``None`` uses ``sweep_dims(D)``.
+        options: further NECO options (``standardize``, ``maxlogit``); ``dim`` is set by the sweep.
+    Returns:
+        {"dims": [d], "explained_variance": cumulative explained variance at each d, "chosen_dim": d of the
+        rule ``explained_variance`` (default 90 %), "auroc": {set: [AUROC at each d]}}.
+    """
+    _check_sets(sets, "sets")
+    D = int(as_tensor(train.features).shape[1])
+    rule = fit_score("neco", options, train, fc_weight, fc_bias)          # d by the explained-variance rule
+    full = fit_score("neco", {**options, "dim": D}, train, fc_weight, fc_bias)
+    dims = sweep_dims(D) if dims is None else sorted(dims)
+    s_id = neco_all_dims(full, id_test.features, id_test.logits, dims)    # (N_id, len(dims))
+    auroc = {}
+    for name, f in sets.items():
+        s_ood = neco_all_dims(full, f.features, f.logits, dims)          # (N_ood, len(dims))
+        auroc[name] = [metrics.ood_metrics(s_id[:, j], s_ood[:, j])["auroc"] for j in range(len(dims))]
+    return {"dims": dims, "explained_variance": [float(full.explained_variance_ratio_[d - 1]) for d in dims],
+            "chosen_dim": int(rule.dim_), "auroc": auroc}
+
+
+def fitted_params(fitted: dict[str, ood.OODScore]) -> dict[str, dict[str, Any]]:
+    """Hyper-parameters of fitted scores as used: ``get_params()`` plus resolved values (``dim_``, ``M_``)."""
+    resolved = {"dim_": "dim", "M_": "M"}
+    return {name: {**s.get_params(), **{p: getattr(s, a) for a, p in resolved.items() if hasattr(s, a)}}
+            for name, s in fitted.items()}
+
+
+def average(results: dict[str, dict[str, dict[str, float]]], keys: tuple[str, ...] = ("auroc", "fpr95")
+            ) -> dict[str, dict[str, float]]:
+    """Mean over OOD sets of each metric in ``keys``, per score: {score: {metric: mean}}."""
+    return {name: {k: float(np.mean([m[k] for m in per_set.values()])) for k in keys}
+            for name, per_set in results.items()}

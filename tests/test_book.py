@@ -1,0 +1,64 @@
+"""The README's main command end to end: the smoke book is built by the runner and read in a real browser.
+
+Runs ``python -m helpers.run --profile smoke`` (the entry point of ``make book``), then opens every page of
+the table of contents in Debian's headless Chromium and checks what it renders: each page has its heading,
+no image is broken, equations are typeset by MathJax (no raw TeX left), and nothing is fetched from the
+network.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from helpers.config import REPO_ROOT
+
+from .browser import chromium, render
+
+HTML = REPO_ROOT / "_build" / "smoke" / "book" / "_build" / "html"
+MATHS_PAGES = ("book/metrics", "book/scores", "book/collapse")
+
+
+def toc_pages() -> list[str]:
+    toc = yaml.safe_load((REPO_ROOT / "_toc.yml").read_text())
+    pages = [toc["root"]] + [c["file"] for part in toc["parts"] for c in part["chapters"]]
+    return [f"{p}.html" for p in pages]
+
+
+@pytest.fixture(scope="module")
+def built_book() -> Path:
+    env = {**os.environ, "MPLBACKEND": "Agg"}
+    result = subprocess.run([sys.executable, "-m", "helpers.run", "--profile", "smoke"], cwd=REPO_ROOT, env=env,
+                            capture_output=True, text=True, timeout=1800)
+    assert result.returncode == 0, f"the smoke book build failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    assert (HTML / "index.html").exists()
+    return HTML
+
+
+@pytest.mark.slow
+def test_book_pages_render_in_chromium(built_book: Path, tmp_path: Path) -> None:
+    if chromium() is None:
+        if os.environ.get("CI"):
+            pytest.fail("Debian's chromium is not installed; `make setup` installs it (apt-get install chromium)")
+        pytest.skip("chromium not installed (make setup installs it)")
+    pages = toc_pages()
+    reports = render(built_book, pages, screenshot_dir=tmp_path)
+    print("\npages checked in Chromium:")
+    for r in reports:
+        print(f"  {r.path}: heading {r.heading!r}, {r.maths} equations, {r.images} images")
+    for r in reports:
+        assert r.heading.strip(), f"{r.path} has no heading"
+        assert not r.broken, f"{r.path} has broken images: {r.broken}"
+        assert r.raw_tex == 0, f"{r.path} shows {r.raw_tex} pieces of raw TeX (MathJax did not typeset them)"
+        assert r.mathjax_errors == 0, f"{r.path} has MathJax errors"
+        assert not r.requests_outside, f"{r.path} tried to fetch {r.requests_outside[:3]} (the book must be offline)"
+    for r in reports:
+        if r.path.removesuffix(".html") in MATHS_PAGES:
+            assert r.maths > 10, f"{r.path}: only {r.maths} typeset equations"
+        if r.path.startswith("notebooks/"):
+            assert r.images > 0, f"{r.path}: the executed notebook shows no figure"
