@@ -7,7 +7,6 @@ named ``epoch-*.pt`` is always complete; a truncated or foreign file is reported
 from __future__ import annotations
 
 import os
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +46,7 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]
     path = Path(path)
     try:
         blob = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+    except Exception as err:  # noqa: BLE001 - garbage bytes raise UnpicklingError, KeyError, ...; all mean unusable
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(err).__name__}); delete it to "
                               "resume from the previous checkpoint or retrain.") from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
@@ -62,6 +61,45 @@ def check_matches(blob: dict[str, Any], path: Path, num_classes: int, width: int
         raise CheckpointError(
             f"checkpoint {path} has width {cfg['width']} and {blob['num_classes']} classes, but this run needs "
             f"width {width} and {num_classes} classes; point -p artifacts elsewhere or remove that folder.")
+
+
+class ArtifactsError(OSError):
+    """The artifacts folder cannot be created or written."""
+
+
+def ensure_writable(folder: Path) -> Path:
+    """Create ``folder`` and check that a file can be written there; raise :class:`ArtifactsError` otherwise."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise ArtifactsError(f"cannot write to the artifacts folder {folder} ({err.strerror or type(err).__name__}); "
+                             "pass -p artifacts PATH with a writable PATH.") from None
+    return folder
+
+
+def remove_stale_tmp(folder: Path) -> list[Path]:
+    """Delete temporary files left by a killed :func:`save_atomic` (their writer's process is gone)."""
+    removed = []
+    for tmp in Path(folder).glob(".*.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def list_checkpoints(folder: Path) -> dict[int, Path]:

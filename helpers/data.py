@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import gzip
 import shutil
+import socket
 import tarfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -166,7 +169,8 @@ def _torchvision(name: str, split: str, root: Path) -> tuple[Tensor, Tensor, lis
         ds = makers[name](False)
     except (RuntimeError, FileNotFoundError):
         try:
-            ds = makers[name](True)
+            with _network_timeout(30.0):
+                ds = makers[name](True)
         except Exception as err:  # noqa: BLE001 - any download failure gets the same advice
             roots = f"{root} (set OODNC_DATA or -p data_root PATH)"
             how = HOW_TO_GET.get(name, f"download it with torchvision on a machine with internet into {root}")
@@ -182,6 +186,17 @@ def _torchvision(name: str, split: str, root: Path) -> tuple[Tensor, Tensor, lis
     images = torch.stack([_pil_to_tensor(img) for img, _ in ds])                 # DTD: PIL images of any size
     labels = torch.tensor([label for _, label in ds])
     return images, labels, list(ds.classes)
+
+
+@contextmanager
+def _network_timeout(seconds: float) -> Iterator[None]:
+    """Give up on a silent network after ``seconds`` (torchvision's downloads set no timeout of their own)."""
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(old)
 
 
 def _pil_to_tensor(img) -> Tensor:

@@ -82,13 +82,15 @@ def read_cache(path: Path, blocks: bool) -> Features | None:
     blob = torch.load(path, weights_only=True)
     if blocks and blob.get("blocks") is None:
         return None
-    return Features(blob["logits"], blob["features"], blob["labels"], blob.get("blocks") if blocks else None)
+    stored = [b.float() for b in blob["blocks"]] if blocks else None
+    return Features(blob["logits"], blob["features"], blob["labels"], stored)
 
 
 def write_cache(path: Path, f: Features) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    torch.save({"logits": f.logits, "features": f.features, "labels": f.labels, "blocks": f.blocks}, tmp)
+    blocks = [b.half() for b in f.blocks] if f.blocks is not None else None     # float16 on disk: half the size
+    torch.save({"logits": f.logits, "features": f.features, "labels": f.labels, "blocks": blocks}, tmp)
     tmp.replace(path)
 
 
@@ -109,6 +111,9 @@ def at_checkpoint(cfg: Config, checkpoint: Path, splits: Splits, sets: dict[str,
                 blob = load_checkpoint(checkpoint)
                 model = build_model(blob["num_classes"], blob["config"]["width"], device)
                 model.load_state_dict(blob["model"])
-            out[name] = extract(model, ds, splits.mean, splits.std, device, cfg.eval_batch_size, blocks)
-            write_cache(path, out[name])
+            # Labelled (ID) sets always keep the block outputs: the pass costs the same, and notebook 5 needs them.
+            keep_blocks = blocks or bool((ds.labels >= 0).all())
+            f = extract(model, ds, splits.mean, splits.std, device, cfg.eval_batch_size, keep_blocks)
+            write_cache(path, f)
+            out[name] = f if blocks else Features(f.logits, f.features, f.labels)
     return out

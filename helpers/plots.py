@@ -57,3 +57,334 @@ def training_curves(history: list[dict[str, float]], tpt_epoch: int | None = Non
         ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+# ------------------------------------------------------------------------------------------ OOD scores (02)
+def _auroc_grid(results: dict[str, dict[str, dict]]) -> tuple[np.ndarray, list[str], list[str]]:
+    """AUROC matrix (scores, sets + "average") of {score: {set: summary}}, with row and column names."""
+    rows = list(results)
+    sets = list(dict.fromkeys(s for per_set in results.values() for s in per_set))
+    grid = np.array([[results[r].get(s, {}).get("auroc", np.nan) for s in sets] for r in rows])  # (S, O)
+    return np.column_stack([grid, grid.mean(axis=1)]), rows, sets + ["average"]
+
+
+def score_histograms(raw: dict[str, dict[str, np.ndarray]], id_name: str, ood_names: list[str] | None = None,
+                     bins: int = 40, ncols: int = 5) -> plt.Figure:
+    """One panel per score: density of the ID scores (filled) and of each OOD set (lines); higher = ID.
+
+    ``raw`` is {score: {set: (N_set,) scores}}; bins span the 0.5-99.5 % quantiles of the shown scores.
+    """
+    names = list(raw)
+    ood_names = ood_names or [s for s in next(iter(raw.values())) if s != id_name]
+    nrows = -(-len(names) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.9 * ncols, 2.3 * nrows), squeeze=False)
+    for ax, name in zip(axes.flat, names, strict=False):
+        shown = np.concatenate([raw[name][s] for s in [id_name, *ood_names]])
+        edges = np.linspace(*np.quantile(shown, [0.005, 0.995]), bins + 1)
+        ax.hist(raw[name][id_name], edges, density=True, color="0.75", label=id_name)
+        for s in ood_names:
+            ax.hist(raw[name][s], edges, density=True, histtype="step", lw=1.3, label=s)
+        ax.set_title(name, fontsize=9)
+        ax.set_yticks([])
+        ax.tick_params(labelsize=7)
+    for ax in axes.flat[len(names):]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
+    fig.suptitle("Score distributions (higher = more in-distribution)", fontsize=10)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return fig
+
+
+def roc_curves(raw: dict[str, dict[str, np.ndarray]], id_name: str, ood_name: str) -> plt.Figure:
+    """ROC curves of every score for one OOD set, ID positive: TPR = ID kept, FPR = OOD accepted."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    fig, ax = plt.subplots(figsize=(5.2, 4.6))
+    for name, per_set in raw.items():
+        s = np.concatenate([per_set[id_name], per_set[ood_name]])
+        is_id = np.r_[np.ones(len(per_set[id_name])), np.zeros(len(per_set[ood_name]))]
+        fpr, tpr, _ = roc_curve(is_id, s)
+        ax.plot(fpr, tpr, lw=1.2, label=f"{name} ({100 * roc_auc_score(is_id, s):.1f})")
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
+    ax.axhline(0.95, color="grey", lw=0.8, ls="--")
+    ax.set(xlabel=f"FPR: {ood_name} accepted as ID", ylabel=f"TPR: {id_name} kept", xlim=(0, 1), ylim=(0, 1.01),
+           title=f"ROC, {id_name} vs {ood_name} (AUROC %)")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def neco_dim_sweep(sweep: dict) -> plt.Figure:
+    """AUROC of NECO against d per OOD set (log x axis), cumulative explained variance on a twin axis,
+    and the d of the explained-variance rule marked; ``sweep`` as returned by ``evaluation.neco_sweep``."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    for name, auroc in sweep["auroc"].items():
+        ax.plot(sweep["dims"], auroc, marker=".", lw=1.2, label=name)
+    ax.axvline(sweep["chosen_dim"], color="grey", lw=1, ls="--")
+    ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+    ax.set(xscale="log", xlabel="principal components d", ylabel="AUROC", title="NECO against d")
+    twin = ax.twinx()
+    twin.plot(sweep["dims"], sweep["explained_variance"], color="black", lw=1, ls="-.", label="explained variance")
+    twin.set(ylabel="cumulative explained variance", ylim=(0, 1.02))
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = twin.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def auroc_heatmap(results: dict[str, dict[str, dict]]) -> plt.Figure:
+    """Heat map of AUROC (%) per score (rows) and OOD set (columns, plus the average); 50 is chance."""
+    grid, rows, cols = _auroc_grid(results)
+    fig, ax = plt.subplots(figsize=(1.3 * len(cols) + 2, 0.42 * len(rows) + 1.4))
+    im = ax.imshow(100 * grid, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
+    for (i, j), v in np.ndenumerate(grid):
+        ax.text(j, i, f"{100 * v:.1f}", ha="center", va="center", fontsize=7)
+    ax.set_xticks(range(len(cols)), cols, rotation=20, ha="right", fontsize=8)
+    ax.set_yticks(range(len(rows)), rows, fontsize=8)
+    ax.axvline(len(cols) - 1.5, color="black", lw=1)
+    fig.colorbar(im, ax=ax, label="AUROC (%)")
+    ax.set_title("AUROC per score and OOD set")
+    fig.tight_layout()
+    return fig
+
+
+def validation_curve(values: list, aurocs: list[float], chosen, param: str, title: str = "") -> plt.Figure:
+    """Validation AUROC against the candidate values of one hyper-parameter, the chosen value marked."""
+    fig, ax = plt.subplots(figsize=(4.6, 3.0))
+    ax.plot(values, aurocs, marker="o", lw=1.2)
+    ax.axvline(chosen, color="grey", lw=1, ls="--")
+    ax.set(xscale="log", xlabel=param, ylabel="validation AUROC", title=title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+# ------------------------------------------------------------------------------------------ neural collapse (03–05)
+def _series(rows: list[dict], key: str, **match) -> tuple[list, list]:
+    """(epochs, values) of ``key`` over the rows whose fields equal ``match`` (e.g. ood_set="x")."""
+    sub = [r for r in rows if all(r[k] == v for k, v in match.items())]
+    return [r["epoch"] for r in sub], [r[key] for r in sub]
+
+
+def _log_if_spread(ax: plt.Axes, values: list[float]) -> None:
+    """Log-scale the y axis when the positive values span more than a decade."""
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=float)
+    if v.size and v.min() > 0 and v.max() / v.min() > 10:
+        ax.set_yscale("log")
+
+
+def _mark_tpt(ax: plt.Axes, tpt_epoch: int | None) -> None:
+    if tpt_epoch is not None:
+        ax.axvline(tpt_epoch, color="grey", lw=1)
+        ax.text(tpt_epoch, 1.0, " TPT", va="top", fontsize=8, color="grey", transform=ax.get_xaxis_transform())
+
+
+_COLLAPSE_PANELS = (
+    ("NC1 and CDNV (eq-nc1, eq-cdnv)", (("nc1", "NC1"), ("cdnv", "CDNV"))),
+    ("NC2 equinorm (eq-nc2-equinorm)", (("nc2_equinorm", "class means"), ("nc2_equinorm_w", "classifier W"))),
+    ("NC2 equiangularity (eq-nc2-equiangular)", (("nc2_equiangular", "class means"),
+                                                  ("nc2_equiangular_w", "classifier W"))),
+    ("NC3 self-duality (eq-nc3)", (("nc3", "NC3"),)),
+    ("NC4: network vs nearest mean (eq-nc4)", (("nc4", "train"), ("test_nc4", "test"))),
+    ("Accuracy", (("accuracy", "network, train"), ("test_accuracy", "network, test"),
+                  ("test_ncc_accuracy", "nearest mean, test"))),
+)
+
+
+def collapse_curves(rows: list[dict], tpt_epoch: int | None = None) -> plt.Figure:
+    """NC1–NC4 and accuracies against epoch (one row per checkpoint), log y where values span decades."""
+    fig, axes = plt.subplots(2, 3, figsize=(13, 6.8))
+    for ax, (title, curves) in zip(axes.flat, _COLLAPSE_PANELS, strict=True):
+        values = []
+        for key, label in curves:
+            epochs, v = _series(rows, key)
+            ax.plot(epochs, v, "o-", ms=3, label=label)
+            values += v
+        _log_if_spread(ax, values)
+        _mark_tpt(ax, tpt_epoch)
+        ax.set(xlabel="epoch", title=title)
+        ax.grid(alpha=0.3)
+        if len(curves) > 1:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def gram_heatmaps(grams: dict[str, Tensor]) -> plt.Figure:
+    """Cosine Gram matrices (K, K) side by side on one colour scale [-1, 1]."""
+    fig, axes = plt.subplots(1, len(grams), figsize=(4.2 * len(grams) + 1, 4), layout="constrained")
+    for ax, (title, G) in zip(np.atleast_1d(axes), grams.items(), strict=True):
+        im = ax.imshow(np.asarray(G), cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
+        ax.set(title=title, xlabel="class", ylabel="class")
+    fig.colorbar(im, ax=axes, shrink=0.9, label="cosine")
+    return fig
+
+
+def _draw_frame(ax: plt.Axes, frame: dict, limit: float) -> None:
+    """One frame of the class-mean animation: samples as dots, class means as stars, coloured by class."""
+    colours = plt.get_cmap("tab10")
+    for i, c in enumerate(frame["classes"]):
+        pts = frame["samples"][frame["sample_labels"] == c]
+        ax.scatter(pts[:, 0], pts[:, 1], s=8, color=colours(i % 10), alpha=0.5, lw=0)
+        ax.scatter(*frame["means"][i], s=160, marker="*", color=colours(i % 10), edgecolor="k", lw=0.7)
+    ax.scatter(0, 0, marker="+", color="k", s=60)
+    ax.set(xlim=(-limit, limit), ylim=(-limit, limit), aspect="equal", xticks=[], yticks=[],
+           title=f"epoch {frame['epoch']}")
+
+
+def _frame_limit(frames: list[dict]) -> float:
+    """Half-width of the common axes: the 98th percentile of all coordinates, at least the means' extent."""
+    coords = np.concatenate([np.abs(np.concatenate([f["samples"], f["means"]])).ravel() for f in frames])
+    means = max(np.abs(f["means"]).max() for f in frames)
+    return 1.1 * max(float(np.percentile(coords, 95)), float(means))
+
+
+def class_means_snapshots(frames: list[dict], n_panels: int = 4) -> plt.Figure:
+    """Frames of :func:`helpers.trajectory.mean_geometry_frames` at ``n_panels`` evenly spaced checkpoints."""
+    picks = sorted(set(np.linspace(0, len(frames) - 1, min(n_panels, len(frames))).round().astype(int)))
+    limit = _frame_limit(frames)
+    fig, axes = plt.subplots(1, len(picks), figsize=(3.2 * len(picks), 3.6), squeeze=False, layout="constrained")
+    for ax, i in zip(axes[0], picks, strict=True):
+        _draw_frame(ax, frames[i], limit)
+    fig.suptitle("Class means (stars) and training samples (dots) on the top-2 principal directions of the means")
+    return fig
+
+
+def class_means_gif(frames: list[dict], path, ms_per_frame: int = 700) -> str:
+    """Write the frames as an animated GIF at ``path`` (looping, last frame held longer); returns the path."""
+    from pathlib import Path
+
+    import imageio.v3 as iio  # only this function needs it
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    limit, images = _frame_limit(frames), []
+    for frame in frames:
+        fig, ax = plt.subplots(figsize=(4.2, 4.2), dpi=90)
+        _draw_frame(ax, frame, limit)
+        fig.canvas.draw()
+        images.append(np.asarray(fig.canvas.buffer_rgba())[..., :3].copy())   # (H, W, 3) uint8
+        plt.close(fig)
+    durations = [ms_per_frame] * (len(images) - 1) + [3 * ms_per_frame]
+    iio.imwrite(path, np.stack(images), extension=".gif", duration=durations, loop=0)
+    return str(path)
+
+
+def nc5_curves(rows: list[dict], tpt_epoch: int | None = None) -> plt.Figure:
+    """NC5 (uncentred, centred) and NECO's AUROC against epoch, one line per OOD set."""
+    names = list(dict.fromkeys(r["ood_set"] for r in rows))
+    panels = (("nc5", "NC5, uncentred (eq-nc5)"), ("nc5_centred", "NC5, centred (eq-nc5-centred)"),
+              ("auroc", "NECO AUROC"))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for ax, (key, title) in zip(axes, panels, strict=True):
+        for name in names:
+            ax.plot(*_series(rows, key, ood_set=name), "o-", ms=3, label=name)
+        _mark_tpt(ax, tpt_epoch)
+        ax.set(xlabel="epoch", title=title)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def nc5_scatter(rows: list[dict]) -> plt.Figure:
+    """NECO's AUROC against NC5 (uncentred and centred): one point per (checkpoint, OOD set), joined in epoch
+    order; the last checkpoint is circled."""
+    names = list(dict.fromkeys(r["ood_set"] for r in rows))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, key in zip(axes, ("nc5", "nc5_centred"), strict=True):
+        for name in names:
+            sub = [r for r in rows if r["ood_set"] == name]
+            x, y = [r[key] for r in sub], [r["auroc"] for r in sub]
+            line, = ax.plot(x, y, "o-", ms=4, lw=0.8, alpha=0.8, label=name)
+            ax.scatter(x[-1], y[-1], s=120, facecolor="none", edgecolor=line.get_color())
+        ax.set(xlabel=key.replace("_", " "), title=f"AUROC vs {key.replace('_', ' ')}")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("NECO AUROC")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def id_ood_projection(proj: dict) -> plt.Figure:
+    """ID class means, ID test features and OOD features on the principal directions of the ID class means
+    (2-D panel, plus a 3-D panel when three components are given)."""
+    k = proj["means"].shape[1]
+    fig = plt.figure(figsize=(11 if k >= 3 else 5.5, 5))
+    panels = [(fig.add_subplot(1, 2 if k >= 3 else 1, 1), 2)]
+    if k >= 3:
+        panels.append((fig.add_subplot(1, 2, 2, projection="3d"), 3))
+    for ax, dims in panels:
+        groups = [("ID test", proj["id"], "grey")] + [(n, x, None) for n, x in proj["ood"].items()]
+        for label, x, colour in groups:
+            ax.scatter(*x[:, :dims].T, s=5, alpha=0.35, label=label, color=colour)
+        ax.scatter(*proj["means"][:, :dims].T, s=40, marker="*", color="k", label="ID class means")
+        ax.set(xlabel="PC 1", ylabel="PC 2", title=f"{dims}-D projection")
+        if dims == 3:
+            ax.set_zlabel("PC 3")
+    panels[0][0].legend(fontsize=8, markerscale=2)
+    panels[0][0].grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+_LAYER_PANELS = (("nc1", "NC1 (eq-nc1)", True), ("nc1_per_direction", "NC1 per between-class direction", True),
+                 ("cdnv", "CDNV (eq-cdnv)", True), ("nc2_equiangular", "NC2 equiangularity", False),
+                 ("ncc_train", "NCC accuracy, train", False), ("ncc_test", "NCC accuracy, test", False))
+
+
+def _block_labels(rows: list[dict]) -> list[str]:
+    """Tick labels 'block (channels)', with a '*' where channels < K-1."""
+    seen = {r["block"]: r for r in rows}
+    return [f"{b} ({seen[b]['channels']}){'*' if seen[b]['low_rank'] else ''}" for b in sorted(seen)]
+
+
+def layer_heatmaps(rows: list[dict]) -> plt.Figure:
+    """Block × epoch heatmaps of NC1, NC1 per direction, CDNV (log colour where they span decades),
+    NC2 equiangularity and NCC accuracy (train, test)."""
+    epochs, blocks = sorted({r["epoch"] for r in rows}), sorted({r["block"] for r in rows})
+    fig, axes = plt.subplots(2, 3, figsize=(14, 7.2))
+    for ax, (key, title, log) in zip(axes.flat, _LAYER_PANELS, strict=True):
+        grid = np.full((len(blocks), len(epochs)), np.nan)
+        for r in rows:
+            value = r[key]
+            grid[blocks.index(r["block"]), epochs.index(r["epoch"])] = np.nan if value is None else value
+        finite = grid[np.isfinite(grid) & (grid > 0)] if log else grid
+        norm = "log" if log and finite.size and finite.max() / finite.min() > 10 else None
+        im = ax.imshow(grid, aspect="auto", origin="lower", cmap="viridis", norm=norm, interpolation="nearest")
+        ax.set_xticks(range(len(epochs)), epochs, fontsize=7)
+        ax.set_yticks(range(len(blocks)), _block_labels(rows), fontsize=7)
+        ax.set(xlabel="epoch", ylabel="block (channels)", title=title)
+        fig.colorbar(im, ax=ax, shrink=0.85)
+    fig.tight_layout()
+    return fig
+
+
+def layer_profile(rows: list[dict], epoch: int) -> plt.Figure:
+    """NC1, NC2 equiangularity and NCC accuracy per block at ``epoch``; blocks with fewer than K-1 channels
+    are shaded."""
+    sub = sorted((r for r in rows if r["epoch"] == epoch), key=lambda r: r["block"])
+    blocks = [r["block"] for r in sub]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    curves = ((("nc1", "NC1"), ("nc1_per_direction", "NC1 per direction"), ("cdnv", "CDNV")),
+              (("nc2_equiangular", "NC2 equiangularity"),), (("ncc_train", "train"), ("ncc_test", "test")))
+    for ax, keys in zip(axes, curves, strict=True):
+        for key, label in keys:
+            ax.plot(blocks, [r[key] for r in sub], "o-", label=label)
+        for r in sub:
+            if r["low_rank"]:
+                ax.axvspan(r["block"] - 0.5, r["block"] + 0.5, color="grey", alpha=0.15, lw=0)
+        ax.set(xlabel="residual block", xticks=blocks)
+        ax.grid(alpha=0.3)
+    axes[0].set_title("Within-class variability")
+    axes[1].set_title("NC2 equiangularity")
+    axes[2].set_title("NCC accuracy")
+    _log_if_spread(axes[0], [r[k] for r in sub for k in ("nc1", "nc1_per_direction", "cdnv")])
+    for ax in (axes[0], axes[2]):
+        ax.legend(fontsize=8)
+    fig.suptitle(f"Epoch {epoch}" + (" (shaded: fewer than K-1 channels)" if any(r["low_rank"] for r in sub) else ""))
+    fig.tight_layout()
+    return fig

@@ -23,7 +23,8 @@ from typing import Any
 
 import yaml
 
-from .config import REPO_ROOT, Config, choose_profile, make_config
+from .checkpoint import ArtifactsError, ensure_writable
+from .config import REPO_ROOT, Config, choose_profile, make_config, resolve_device
 
 NOTEBOOKS = ("01_training", "02_ood_scores", "03_neural_collapse", "04_nc5_ood", "05_earlier_layers")
 BOOK_FILES = ("_config.yml", "_toc.yml", "references.bib", "book")
@@ -37,6 +38,18 @@ class RunError(RuntimeError):
 def parse_overrides(pairs: list[list[str]]) -> dict[str, Any]:
     """``[["epochs", "3"], ...]`` → ``{"epochs": 3}``, values parsed as YAML like papermill does."""
     return {name: yaml.safe_load(value) for name, value in pairs}
+
+
+def absolute_paths(overrides: dict[str, Any]) -> dict[str, Any]:
+    """Make path overrides absolute: the notebooks run in ``notebooks/``, not in the caller's folder."""
+    out = dict(overrides)
+    for key in ("artifacts", "data_root"):
+        if isinstance(out.get(key), str) and out[key]:
+            out[key] = str(Path(out[key]).expanduser().resolve())
+    folder = out.get("id_dataset")
+    if isinstance(folder, str) and folder.startswith("imagefolder:"):
+        out["id_dataset"] = "imagefolder:" + str(Path(folder.split(":", 1)[1]).expanduser().resolve())
+    return out
 
 
 def git_commit() -> str:
@@ -103,7 +116,12 @@ def run(profile: str, overrides: dict[str, Any], only: list[str] | None = None, 
         out: Path | None = None) -> Path:
     """Execute the notebooks in order for one configuration and build the book; returns the output folder."""
     name, reason = choose_profile(profile)
+    if "profile" in overrides:
+        raise ValueError(f"the profile is not a parameter; use --profile {overrides['profile']} instead of -p profile.")
+    overrides = absolute_paths(overrides)
     cfg = make_config(name, **overrides)                                  # fails early on bad parameters
+    resolve_device(cfg)                                                   # ... on a device that is not there
+    ensure_writable(cfg.run_dir())                                        # ... and on an unwritable artifacts folder
     print(f"profile {name} ({reason}); artifacts in {cfg.run_dir()}", flush=True)
     out = out or REPO_ROOT / "_build" / name
     executed = out / "executed"
@@ -152,14 +170,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", help="run only these notebooks (by prefix, e.g. 01 02); no book")
     parser.add_argument("--no-book", action="store_true", help="execute the notebooks but do not build the book")
     parser.add_argument("--seeds", nargs="+", type=int, help="run the whole series once per seed")
+    parser.add_argument("--out", type=Path, help="output folder (default: _build/<profile>)")
     args = parser.parse_args(argv)
     try:
         overrides = parse_overrides(args.parameters)
         seeds = args.seeds or [overrides.get("seed")]
         for seed in seeds:
             extra = {} if seed is None else {"seed": seed}
-            run(args.profile, {**overrides, **extra}, args.only, book=not args.no_book and seed == seeds[-1])
-    except (ValueError, RunError, FileNotFoundError) as err:
+            run(args.profile, {**overrides, **extra}, args.only, book=not args.no_book and seed == seeds[-1],
+                out=args.out)
+    except (ValueError, RunError, FileNotFoundError, ArtifactsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2 if isinstance(err, ValueError) else 1
     return 0

@@ -202,7 +202,7 @@ def _class_images(class_id: int, n: int, split_id: int, seed: int) -> np.ndarray
     bg, fg, accent, bg2 = p["colours"]
     back = _mix(bg, bg2, _background(p, u, v)) + (U[:, None, None, _BG_RGB] - 0.5) * 0.5         # (n, 32, 32, 3)
     back = _distractor(back, U)
-    front = _mix(fg, accent, _fill(p, a, b)) + (U[:, None, None, _FG_RGB] - 0.5) * 0.4
+    front = _mix(fg, accent, _fill(p, a, b)) + (U[:, None, None, _FG_RGB] - 0.5) * 0.3
     img = back + mask[..., None] * (front - back)
     return _to_uint8(_nuisance(img, U, noise))
 
@@ -213,10 +213,10 @@ def _inside(sdf: np.ndarray, edge: float = 0.035) -> np.ndarray:
 
 
 def _sample_frame(U: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-image object coordinates (u, v), each (n, 32, 32): rotation +-0.9 rad, scale 0.7-1.3, shift +-6 px."""
+    """Per-image object coordinates (u, v), each (n, 32, 32): rotation +-0.35 rad, scale 0.8-1.2, shift +-7 px."""
     X, Y = _grid()
-    theta, scale = _e3((U[:, _ROT] - 0.5) * 1.8), _e3(0.7 + 0.6 * U[:, _SCALE])
-    tx, ty = (_e3(t) for t in ((U[:, _SHIFT] - 0.5) * 0.75).T)
+    theta, scale = _e3((U[:, _ROT] - 0.5) * 0.7), _e3(0.8 + 0.4 * U[:, _SCALE])
+    tx, ty = (_e3(t) for t in ((U[:, _SHIFT] - 0.5) * 0.9).T)
     u, v = _rotate(X - tx, Y - ty, theta)
     return u / scale, v / scale
 
@@ -238,7 +238,7 @@ def _nuisance(img: np.ndarray, U: np.ndarray, noise: np.ndarray) -> np.ndarray:
     """Contrast, brightness, colour gains, an occluding patch (probability 0.2) and Gaussian noise."""
     mean = img.mean(axis=(1, 2, 3), keepdims=True)
     img = mean + (0.6 + 0.6 * _e4(U[:, _CONTRAST])) * (img - mean)
-    img = img * (0.7 + 0.6 * U[:, None, None, _GAINS]) + (_e4(U[:, _BRIGHT]) - 0.5) * 0.3
+    img = img * (0.75 + 0.5 * U[:, None, None, _GAINS]) + (_e4(U[:, _BRIGHT]) - 0.5) * 0.3
     X, Y = _grid()
     (x0, y0), (hw, hh) = (U[:, _OCC_POS] * 1.6 - 0.8).T, (0.1 + 0.1 * U[:, _OCC_SIZE]).T           # 3-6 px patch
     patch = (np.abs(X - _e3(x0)) < _e3(hw)) & (np.abs(Y - _e3(y0)) < _e3(hh)) & _e3(U[:, _OCC] < 0.2)

@@ -104,6 +104,10 @@ def fit(cfg: Config, splits: Splits | None = None, device: torch.device | None =
     """
     device = device or resolve_device(cfg)
     splits = splits or id_splits(cfg)
+    if len(splits.train) < cfg.batch_size:
+        raise ValueError(f"the training set has {len(splits.train)} images, fewer than batch_size {cfg.batch_size}, "
+                         "so an epoch would have no step; lower -p batch_size or use more data.")
+    ckpt.remove_stale_tmp(ckpt.ensure_writable(checkpoint_dir(cfg)))
     K = splits.num_classes
     model = make_model(cfg, K, device)
     opt, sched = make_optimiser(cfg, model)

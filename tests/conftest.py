@@ -1,0 +1,51 @@
+"""Shared fixtures: a tiny configuration whose artifacts and data cache live in a temporary folder.
+
+The tiny run has 5 synthetic classes of 8 training images (36 after the validation split), width 4 and a
+batch of 8, so one epoch is a handful of SGD steps and takes well under a second on one busy core.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import config
+from helpers.config import REPO_ROOT
+
+TINY = dict(num_classes=5, per_class=8, width=4, epochs=3, checkpoint_every=1, batch_size=8)
+
+
+def make_tiny(tmp_path: Path, **overrides) -> config.Config:
+    """The tiny smoke configuration with artifacts and data root under ``tmp_path``."""
+    values = {**TINY, "artifacts": str(tmp_path / "artifacts"), "data_root": str(tmp_path / "data"), **overrides}
+    return config.make_config("smoke", **values)
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path: Path) -> config.Config:
+    return make_tiny(tmp_path)
+
+
+@pytest.fixture
+def cpu() -> torch.device:
+    return torch.device("cpu")
+
+
+def subprocess_env() -> dict[str, str]:
+    """Environment for child Pythons: one thread (the machine is shared), no display, the repo importable."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MPLBACKEND": "Agg",
+           "PYTHONWARNINGS": "ignore"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+PYTHON = sys.executable
+
+
+def state_dicts_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    """Bit-identical state dicts: same keys, and every tensor equal element for element."""
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

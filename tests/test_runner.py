@@ -1,0 +1,148 @@
+"""Tests for helpers.run, the papermill runner: bad input fails early with one line, a failing notebook is
+named and kept, papermill alone refuses unknown parameters, and the same seed gives the same bytes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from helpers import run
+from helpers.config import REPO_ROOT
+
+from .conftest import PYTHON, subprocess_env
+
+TINY = ["-p", "num_classes", "5", "-p", "per_class", "8", "-p", "width", "4", "-p", "epochs", "2",
+        "-p", "checkpoint_every", "1", "-p", "batch_size", "8"]
+
+
+def _runner_args(tmp_path: Path, *args: str, out: str = "out") -> list[str]:
+    return ["--profile", "smoke", *TINY, "-p", "artifacts", str(tmp_path / "artifacts"), *args,
+            "--out", str(tmp_path / out)]
+
+
+def _start_runner(tmp_path: Path, *args: str, out: str = "out") -> subprocess.Popen:
+    return subprocess.Popen([PYTHON, "-m", "helpers.run", *_runner_args(tmp_path, *args, out=out)], cwd=REPO_ROOT,
+                            env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _runner(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    proc = _start_runner(tmp_path, *args)
+    stdout, stderr = proc.communicate(timeout=600)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+def _error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+# ------------------------------------------------------------------- bad input: one line, before any notebook
+@pytest.mark.parametrize("args, message", [
+    (["--profile", "gpu"], "error: unknown profile 'gpu'; choose one of smoke, cpu, full, auto."),
+    (["-p", "epoch", "3"], "error: unknown parameter 'epoch'; did you mean 'epochs'? valid names: "),
+    (["-p", "epochs", "abc"], "error: parameter 'epochs' must be int, got str 'abc'; e.g. -p epochs 10."),
+])
+def test_bad_input_fails_in_a_subprocess_with_one_error_line(tmp_path: Path, args: list[str], message: str) -> None:
+    result = _runner(tmp_path, *args, "--only", "01", "--no-book")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()], result.stderr   # exactly one line
+    assert result.stderr.startswith(message)
+    assert not (tmp_path / "out").exists()                             # failed before any notebook ran
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["-p", "augment", "3"], 2, "error: parameter 'augment' must be bool, got int 3; e.g. -p augment False."),
+    (["-p", "lr", "fast"], 2, "error: parameter 'lr' must be float, got str 'fast'"),
+    (["-p", "epochs", "0"], 2, "error: parameter 'epochs' must be positive, got 0."),
+    (["-p", "val_fraction", "0.7"], 2, "error: val_fraction must lie in [0, 0.5), got 0.7."),
+    (["-p", "profile", "cpu"], 2, "error: the profile is not a parameter; use --profile cpu instead of -p profile."),
+    (["--only", "99"], 1, "error: --only ['99'] matches no notebook; choose from 01_training, "),
+])
+def test_bad_input_messages(tmp_path: Path, capsys: pytest.CaptureFixture, args: list[str], code: int,
+                            message: str) -> None:
+    only = [] if "--only" in args else ["--only", "01"]
+    assert run.main(_runner_args(tmp_path, *args, *only, "--no-book")) == code
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [err.strip()] and err.startswith(message), err
+
+
+def test_missing_cuda_fails_before_any_notebook(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert run.main(_runner_args(tmp_path, "-p", "device", "cuda", "--only", "01", "--no-book")) == 2
+    assert capsys.readouterr().err == ("error: device 'cuda' asked for but CUDA is not available; "
+                                       "use -p device cpu.\n")
+
+
+def test_unwritable_artifacts_folder_fails_before_any_notebook(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("a regular file where a folder should be")
+    args = _runner_args(tmp_path, "-p", "artifacts", str(blocker / "artifacts"), "--only", "01", "--no-book")
+    assert run.main(args) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot write to the artifacts folder {blocker / 'artifacts'}/smoke-synthetic-s0-")
+    assert err.strip().endswith("pass -p artifacts PATH with a writable PATH.") and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_relative_paths_are_made_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    got = run.absolute_paths({"artifacts": "arts", "data_root": "~/d", "id_dataset": "imagefolder:pets", "seed": 1})
+    assert got == {"artifacts": str(tmp_path / "arts"), "data_root": str(Path.home() / "d"),
+                   "id_dataset": f"imagefolder:{tmp_path / 'pets'}", "seed": 1}
+    assert run.absolute_paths({"id_dataset": "synthetic", "artifacts": ""}) == {"id_dataset": "synthetic",
+                                                                               "artifacts": ""}
+
+
+def test_overrides_are_read_as_yaml() -> None:
+    got = run.parse_overrides([["epochs", "3"], ["augment", "true"], ["lr", "0.05"], ["id_dataset", "cifar10"],
+                               ["ood_datasets", "[svhn, dtd]"]])
+    assert got == {"epochs": 3, "augment": True, "lr": 0.05, "id_dataset": "cifar10", "ood_datasets": ["svhn", "dtd"]}
+
+
+# ------------------------------------------------------------------------------------- notebooks executed
+@pytest.mark.slow
+def test_failing_notebook_is_named_and_kept(tmp_path: Path) -> None:
+    result = _runner(tmp_path, "-p", "id_dataset", "imagefolder:/nonexistent", "--only", "01", "--no-book")
+    assert result.returncode == 1
+    kept = tmp_path / "out" / "executed" / "01_training.ipynb"
+    errors = _error_lines(result.stderr)
+    assert len(errors) == 1, result.stderr[-3000:]
+    assert errors[0].startswith("error: notebook 01_training.ipynb failed in cell ")
+    assert "(DataNotFoundError: image folder '/nonexistent' does not exist" in errors[0]
+    assert errors[0].endswith(f"the partly executed notebook is kept at {kept}")
+    nb = json.loads(kept.read_text())
+    outputs = [o for cell in nb["cells"] if cell["cell_type"] == "code" for o in cell.get("outputs", [])]
+    assert any(o.get("ename") == "DataNotFoundError" for o in outputs)
+
+
+@pytest.mark.slow
+def test_papermill_alone_rejects_an_unknown_parameter(tmp_path: Path) -> None:
+    out = tmp_path / "out.ipynb"
+    cmd = [PYTHON, "-m", "papermill", str(REPO_ROOT / "notebooks" / "01_training.ipynb"), str(out), "-p", "profile",
+           "smoke", "-p", "epoch", "3", "-p", "artifacts", str(tmp_path / "artifacts"), "--no-progress-bar"]
+    result = subprocess.run(cmd, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0
+    assert "unknown parameter 'epoch'; did you mean 'epochs'?" in result.stderr + result.stdout
+    assert not (tmp_path / "artifacts").exists()                       # stopped in the setup cell
+
+
+@pytest.mark.slow
+def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path: Path) -> None:
+    """Notebook 01 twice with seed 0 into two artifacts folders, once with seed 1, run side by side."""
+    procs = {name: _start_runner(tmp_path / name, "-p", "seed", seed, "--only", "01", "--no-book")
+             for name, seed in (("a", "0"), ("b", "0"), ("c", "1"))}
+    for name, proc in procs.items():
+        _, stderr = proc.communicate(timeout=600)
+        assert proc.returncode == 0, f"run {name} failed:\n{stderr[-3000:]}"
+    files = {name: list((tmp_path / name / "artifacts").glob("smoke-*/metrics/training.json")) for name in procs}
+    assert all(len(f) == 1 for f in files.values()), files
+    a, b, c = (files[name][0].read_bytes() for name in ("a", "b", "c"))
+    assert a == b
+    assert a != c
+    history = json.loads(a)["history"]
+    assert [r["epoch"] for r in history] == [1, 2]
+    assert files["a"][0].parent.parent.name.startswith("smoke-synthetic-s0-")
+    assert files["c"][0].parent.parent.name.startswith("smoke-synthetic-s1-")

@@ -1,0 +1,175 @@
+"""Tests for helpers.trajectory on a tiny real run (6 classes, width 4, 2 epochs, a checkpoint per epoch)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import collapse, config, data, features, train, trajectory
+
+DEVICE = torch.device("cpu")
+OOD_NAMES = ("synthetic-digits", "synthetic-near")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A tiny trained run: (cfg, splits, ood sets, {epoch: checkpoint})."""
+    root = tmp_path_factory.mktemp("trajectory")
+    cfg = config.make_config("smoke", num_classes=6, per_class=6, width=4, epochs=2, checkpoint_every=1,
+                             batch_size=8, ood_subset=20, ood_datasets=OOD_NAMES,
+                             artifacts=str(root / "artifacts"), data_root=str(root / "data"))
+    splits = data.id_splits(cfg)
+    _, _, checkpoints = train.load_or_train(cfg, splits, DEVICE, progress=False)
+    return cfg, splits, data.ood_sets(cfg), checkpoints
+
+
+def _direct(cfg, splits, path, ds) -> features.Features:
+    """Features computed straight from the model, bypassing the cache."""
+    model = train.load_model(path, cfg, splits.num_classes, DEVICE)
+    return features.extract(model, ds, splits.mean, splits.std, DEVICE, blocks=True)
+
+
+def test_run_has_one_checkpoint_per_epoch(run):
+    assert list(run[3]) == [1, 2]
+
+
+def test_collapse_rows_match_direct_computation(run):
+    cfg, splits, _, checkpoints = run
+    rows = trajectory.collapse_over_training(cfg, checkpoints, splits, DEVICE)
+    assert [r["epoch"] for r in rows] == [1, 2]
+    last = _direct(cfg, splits, checkpoints[2], splits.train)
+    W, _ = trajectory.classifier(checkpoints[2])
+    expected = collapse.nc_metrics(last.features, last.labels, W, last.logits)
+    for key, value in expected.items():
+        assert rows[-1][key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
+    test = _direct(cfg, splits, checkpoints[2], splits.test)
+    assert rows[-1]["test_accuracy"] == pytest.approx(float((test.logits.argmax(1) == test.labels).float().mean()))
+    for key in ("nc4", "test_nc4", "accuracy", "test_accuracy", "test_ncc_accuracy"):
+        assert 0.0 <= rows[-1][key] <= 1.0
+
+
+def test_heldout_nc4_known_answer():
+    """Test samples sit on the training means; the logits disagree with the nearest mean on 1 of 4."""
+    means = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]], dtype=torch.float64)   # (K=3, D=2)
+    h = means[[0, 1, 2, 2]].float()                                                       # (4, 2)
+    logits = torch.eye(3)[[0, 1, 2, 1]]                                                   # last sample -> class 1
+    labels = torch.tensor([0, 1, 2, 2])
+    out = trajectory.heldout_predictions(features.Features(logits, h, labels), means)
+    assert out == {"test_accuracy": 0.75, "test_ncc_accuracy": 1.0, "test_nc4": 0.25}
+
+
+def test_gram_matrices_shapes_and_ideal(run):
+    cfg, splits, _, checkpoints = run
+    grams = trajectory.gram_matrices(cfg, checkpoints[2], splits, DEVICE)
+    K = splits.num_classes
+    assert list(grams) == ["class means", "classifier W", "simplex ETF"]
+    for G in grams.values():
+        assert G.shape == (K, K)
+        assert torch.allclose(G.diagonal(), torch.ones(K, dtype=G.dtype))
+    off = grams["simplex ETF"][~torch.eye(K, dtype=torch.bool)]
+    assert torch.allclose(off, torch.full_like(off, -1 / (K - 1)))
+
+
+def test_nc5_rows_one_per_checkpoint_and_set(run):
+    cfg, splits, oods, checkpoints = run
+    rows = trajectory.nc5_over_training(cfg, checkpoints, splits, oods, DEVICE)
+    assert [(r["epoch"], r["ood_set"]) for r in rows] == [(e, n) for e in (1, 2) for n in OOD_NAMES]
+    for r in rows:
+        assert 0 <= r["nc5"] <= 1 and 0 <= r["nc5_centred"] <= 1 and 0 <= r["auroc"] <= 1
+    train_f = _direct(cfg, splits, checkpoints[1], splits.train)
+    ood_f = _direct(cfg, splits, checkpoints[1], oods[OOD_NAMES[0]])
+    assert rows[0]["nc5"] == pytest.approx(collapse.nc5(train_f.features, train_f.labels, ood_f.features))
+
+
+def test_nc5_correlations_known_answers():
+    rows = [{"epoch": e, "ood_set": "a", "nc5": 1 / e, "nc5_centred": 0.5, "auroc": 0.5 + 0.01 * e}
+            for e in range(1, 6)]
+    out = trajectory.nc5_correlations(rows)["a"]
+    assert out["n"] == 5
+    assert out["nc5_rho"] == pytest.approx(-1.0)
+    assert math.isnan(out["nc5_centred_rho"])          # constant series: no rank correlation
+
+
+def test_ood_as_class_and_projection(run):
+    cfg, splits, oods, checkpoints = run
+    table = trajectory.ood_as_class(cfg, checkpoints[2], splits, oods, DEVICE)
+    assert list(table) == ["ID only", *OOD_NAMES]
+    assert all(set(v) == {"nc1", "cdnv", "nc2_equinorm", "nc2_equiangular", "ncc_accuracy"} for v in table.values())
+    proj = trajectory.id_ood_projection(cfg, checkpoints[2], splits, oods, DEVICE, n_components=3, per_set=7)
+    assert proj["means"].shape == (splits.num_classes, 3)
+    assert proj["id"].shape == (7, 3) and all(x.shape == (7, 3) for x in proj["ood"].values())
+    n_c = np.bincount(splits.train.labels.numpy())                 # sum_c n_c (mu_c - mu_G) = 0
+    assert np.allclose(n_c @ proj["means"], 0, atol=1e-8)
+
+
+def test_layer_rows_eight_blocks_and_block_eight_is_penultimate(run):
+    cfg, splits, _, checkpoints = run
+    rows = trajectory.layers_over_training(cfg, checkpoints, splits, DEVICE)
+    assert len(rows) == 8 * len(checkpoints)
+    last = [r for r in rows if r["epoch"] == 2]
+    assert [r["block"] for r in last] == list(range(1, 9))
+    assert [r["channels"] for r in last] == [4, 4, 8, 8, 16, 16, 32, 32]
+    assert [r["low_rank"] for r in last] == [True, True] + [False] * 6      # K - 1 = 5 > 4 channels
+    penultimate = trajectory.collapse_over_training(cfg, checkpoints, splits, DEVICE)[-1]
+    assert last[-1]["nc1"] == pytest.approx(penultimate["nc1"], rel=1e-6)
+    assert last[-1]["ncc_train"] == pytest.approx(penultimate["ncc_accuracy"])
+    assert last[0]["nc1_per_direction"] == pytest.approx(last[0]["nc1"] * 6 / 4)
+
+
+def test_geometry_frames(run):
+    cfg, splits, _, checkpoints = run
+    frames = trajectory.mean_geometry_frames(cfg, checkpoints, splits, DEVICE, n_classes=4, per_class=3)
+    assert [f["epoch"] for f in frames] == [1, 2]
+    for f in frames:
+        assert f["means"].shape == (4, 2) and f["samples"].shape == (12, 2)
+        assert np.mean(np.sum(f["means"] ** 2, axis=1)) == pytest.approx(1.0)   # RMS-normalised
+
+
+def test_warm_rerun_reads_the_cache(run, monkeypatch):
+    cfg, splits, oods, checkpoints = run
+    first = (trajectory.collapse_over_training(cfg, checkpoints, splits, DEVICE),
+             trajectory.nc5_over_training(cfg, checkpoints, splits, oods, DEVICE),
+             trajectory.layers_over_training(cfg, checkpoints, splits, DEVICE))
+    files = sorted((cfg.run_dir() / "features").rglob("*"))
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the network ran although the features are cached")
+
+    monkeypatch.setattr(features, "extract", no_network)
+    again = (trajectory.collapse_over_training(cfg, checkpoints, splits, DEVICE),
+             trajectory.nc5_over_training(cfg, checkpoints, splits, oods, DEVICE),
+             trajectory.layers_over_training(cfg, checkpoints, splits, DEVICE))
+    assert again == first
+    assert sorted((cfg.run_dir() / "features").rglob("*")) == files
+
+
+def test_pca_basis_and_align_known_answers():
+    X = torch.tensor([[-2.0, 0.0, 1.0], [2.0, 0.0, 1.0], [0.0, 0.5, 1.0], [0.0, -0.5, 1.0]], dtype=torch.float64)
+    V = trajectory.pca_basis(X, 2)
+    assert torch.allclose(V, torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]], dtype=torch.float64))
+    P = np.array([[1.0, 0.0], [0.0, 2.0], [-1.0, -1.0]])
+    theta = 0.7
+    R = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
+    assert np.allclose(P @ R @ trajectory.align(P @ R, P), P)
+
+
+def test_bad_inputs_raise(run):
+    cfg, splits, _, checkpoints = run
+    with pytest.raises(ValueError, match="no checkpoints"):
+        trajectory.collapse_over_training(cfg, {}, splits, DEVICE)
+    with pytest.raises(ValueError, match="ood_sets is empty"):
+        trajectory.nc5_over_training(cfg, checkpoints, splits, {}, DEVICE)
+    with pytest.raises(ValueError, match="k must lie"):
+        trajectory.pca_basis(torch.zeros(3, 2, dtype=torch.float64), 3)
+
+
+def test_decay_epoch_by_layer_known_answer():
+    rows = [{"epoch": e, "block": b, "cdnv": v} for b, values in ((1, (4.0, 3.0, 1.9)), (2, (2.0, 1.0, 0.5)))
+            for e, v in zip((1, 5, 9), values, strict=True)]
+    assert trajectory.decay_epoch_by_layer(rows) == {1: 9, 2: 5}
+    assert trajectory.decay_epoch_by_layer(rows, fraction=0.2) == {1: None, 2: None}
+    with pytest.raises(ValueError, match="fraction"):
+        trajectory.decay_epoch_by_layer(rows, fraction=1.5)
