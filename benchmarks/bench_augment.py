@@ -20,7 +20,6 @@ A and B alternating; images/s from the median epoch time. Goal: A at least 10x f
 from __future__ import annotations
 
 import common  # noqa: I001 - puts the repository on sys.path
-
 import numpy as np
 import torch
 import torch.nn.functional as F

@@ -20,10 +20,9 @@ Goals: vectorised Mahalanobis >= 200x faster than the loop per sample; scores eq
 
 from __future__ import annotations
 
-import common  # noqa: I001 - puts the repository on sys.path
-
 import time
 
+import common  # noqa: I001 - puts the repository on sys.path
 import numpy as np
 import torch
 

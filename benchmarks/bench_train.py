@@ -22,15 +22,14 @@ torch.utils.flop_counter.FlopCounterMode on the real model (convolutions and mat
 
 from __future__ import annotations
 
-import common  # noqa: I001 - puts the repository on sys.path
-
 import copy
 
+import common  # noqa: I001 - puts the repository on sys.path
 import torch
 import torch.nn.functional as F
+from bench_augment import reference_loader
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench_augment import reference_loader
 from helpers import config, synthetic, train
 from helpers.data import ImageSet, Splits
 from helpers.model import ResNet18

@@ -41,11 +41,14 @@ def save_atomic(obj: dict[str, Any], path: Path) -> Path:
     return path
 
 
-def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load and check one checkpoint; raise :class:`CheckpointError` with advice when it is damaged."""
+def load(path: Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict[str, Any]:
+    """Load and check one checkpoint; raise :class:`CheckpointError` with advice when it is damaged.
+
+    ``mmap=True`` maps the tensors instead of reading them (cheap when only the metadata is needed).
+    """
     path = Path(path)
     try:
-        blob = torch.load(path, map_location=map_location, weights_only=True)
+        blob = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as err:  # noqa: BLE001 - garbage bytes raise UnpicklingError, KeyError, ...; all mean unusable
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(err).__name__}); delete it to "
                               "resume from the previous checkpoint or retrain.") from None
@@ -106,7 +109,7 @@ def list_checkpoints(folder: Path) -> dict[int, Path]:
     """Map epoch → checkpoint file, reading the epoch stored in each file (never the file name)."""
     found = {}
     for path in sorted(Path(folder).glob("*.pt")):
-        found[int(load(path)["epoch"])] = path
+        found[int(load(path, mmap=True)["epoch"])] = path
     return dict(sorted(found.items()))
 
 

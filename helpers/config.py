@@ -116,8 +116,9 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
     elif isinstance(default, str) and isinstance(value, str):
         return value
     want = type(default).__name__
+    example = (",".join(default) or "name1,name2") if isinstance(default, tuple) else repr(default)
     raise ValueError(f"parameter {name!r} must be {want}, got {type(value).__name__} {value!r}; "
-                     f"e.g. -p {name} {default!r}.")
+                     f"e.g. -p {name} {example}.")
 
 
 def make_config(profile: str = "auto", **overrides: Any) -> Config:
@@ -128,9 +129,10 @@ def make_config(profile: str = "auto", **overrides: Any) -> Config:
     values = dict(defaults)
     for key, value in overrides.items():
         if key not in defaults or key == "profile":
-            close = difflib.get_close_matches(key, defaults, n=1)
+            names = sorted(k for k in defaults if k != "profile")
+            close = difflib.get_close_matches(key, names, n=1)
             hint = f" did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"unknown parameter {key!r};{hint} valid names: {', '.join(sorted(defaults))}.")
+            raise ValueError(f"unknown parameter {key!r};{hint} valid names: {', '.join(names)}.")
         values[key] = _coerce(key, value, defaults[key])
     cfg = Config(**values)
     _validate(cfg)

@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from .checkpoint import ensure_writable
 from .config import Config
 
 
@@ -39,7 +40,7 @@ def figures_dir(cfg: Config) -> Path:
 def save_metrics(cfg: Config, name: str, data: dict[str, Any]) -> Path:
     """Write ``data`` to ``<run>/metrics/<name>.json`` (atomically, sorted keys, rounded floats)."""
     path = metrics_dir(cfg) / f"{name}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_writable(path.parent)                 # a clear error when -p artifacts points nowhere writable
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(_clean(data), indent=1, sort_keys=True) + "\n")
     tmp.replace(path)
@@ -54,6 +55,6 @@ def load_metrics(folder: Path, name: str) -> dict[str, Any] | None:
 def save_figure(cfg: Config, fig, name: str) -> Path:
     """Save a matplotlib figure as ``<run>/figures/<name>.png``."""
     path = figures_dir(cfg) / f"{name}.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_writable(path.parent)                 # a clear error when -p artifacts points nowhere writable
     fig.savefig(path, dpi=110, bbox_inches="tight")
     return path

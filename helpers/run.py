@@ -87,8 +87,11 @@ def mathjax_source() -> Path:
                    "or set OODNC_MATHJAX to a mathjax@3 package folder.")
 
 
-def stage_book(stage: Path, executed: Path, cfg: Config, results_md: str) -> None:
-    """Copy the book's sources and the executed notebooks into ``stage``, ready for ``jupyter-book build``."""
+def stage_book(stage: Path, executed: Path, cfgs: list[Config]) -> None:
+    """Copy the book's sources and the executed notebooks into ``stage``, ready for ``jupyter-book build``;
+    the Results chapter is generated there from the metrics of ``cfgs`` (one config per seed)."""
+    from .results import results_markdown
+
     if stage.exists():
         shutil.rmtree(stage)
     stage.mkdir(parents=True)
@@ -98,10 +101,9 @@ def stage_book(stage: Path, executed: Path, cfg: Config, results_md: str) -> Non
     (stage / "notebooks").mkdir()
     for name in NOTEBOOKS:
         shutil.copy2(executed / f"{name}.ipynb", stage / "notebooks" / f"{name}.ipynb")
-    (stage / "book" / "results.md").write_text(results_md)
+    (stage / "book" / "results.md").write_text(results_markdown(cfgs, stage / "book" / "figures"))
     (stage / "_extra" / "mathjax").mkdir(parents=True)
     shutil.copy2(mathjax_source(), stage / "_extra" / "mathjax" / "tex-svg.js")
-    shutil.copytree(cfg.run_dir() / "figures", stage / "book" / "figures", dirs_exist_ok=True)
 
 
 def build_book(stage: Path) -> Path:
@@ -113,35 +115,44 @@ def build_book(stage: Path) -> Path:
 
 
 def run(profile: str, overrides: dict[str, Any], only: list[str] | None = None, book: bool = True,
-        out: Path | None = None) -> Path:
-    """Execute the notebooks in order for one configuration and build the book; returns the output folder."""
+        out: Path | None = None, seeds: list[int] | None = None, snapshot: bool | None = None) -> Path:
+    """Execute the notebooks in order, once per seed, then build the book; returns the output folder.
+
+    ``snapshot`` (default: on for every profile but ``smoke``) refreshes ``results/<profile>-<id set>/`` from
+    the runs, so that the book shows them.
+    """
     name, reason = choose_profile(profile)
     if "profile" in overrides:
         raise ValueError(f"the profile is not a parameter; use --profile {overrides['profile']} instead of -p profile.")
     overrides = absolute_paths(overrides)
-    cfg = make_config(name, **overrides)                                  # fails early on bad parameters
-    resolve_device(cfg)                                                   # ... on a device that is not there
-    ensure_writable(cfg.run_dir())                                        # ... and on an unwritable artifacts folder
-    print(f"profile {name} ({reason}); artifacts in {cfg.run_dir()}", flush=True)
-    out = out or REPO_ROOT / "_build" / name
-    executed = out / "executed"
-    executed.mkdir(parents=True, exist_ok=True)
+    seeds = seeds or [make_config(name, **overrides).seed]
+    cfgs = [make_config(name, **{**overrides, "seed": s}) for s in seeds]   # fails early on bad parameters
+    resolve_device(cfgs[0])                                                # ... on a device that is not there
+    for cfg in cfgs:
+        ensure_writable(cfg.run_dir())                                     # ... on an unwritable artifacts folder
     chosen = [n for n in NOTEBOOKS if not only or any(n.startswith(o) for o in only)]
     if only and not chosen:
         raise RunError(f"--only {only} matches no notebook; choose from {', '.join(NOTEBOOKS)}.")
-    parameters = dict(profile=name, **overrides)
-    times = {}
-    for i, nb in enumerate(chosen, 1):
-        print(f"[{i}/{len(chosen)}] {nb}.ipynb", flush=True)
-        times[nb] = round(execute(nb, executed, parameters), 1)
-    write_run_json(cfg, times)
-    if book and len(chosen) == len(NOTEBOOKS):
-        from .results import results_markdown
+    out = out or REPO_ROOT / "_build" / name
+    for cfg in cfgs:
+        print(f"profile {name} ({reason}), seed {cfg.seed}; artifacts in {cfg.run_dir()}", flush=True)
+        executed = out / "executed" if cfg is cfgs[-1] else out / f"executed-seed-{cfg.seed}"
+        executed.mkdir(parents=True, exist_ok=True)
+        parameters = dict(profile=name, **{**overrides, "seed": cfg.seed})
+        times = {}
+        for i, nb in enumerate(chosen, 1):
+            print(f"[{i}/{len(chosen)}] {nb}.ipynb", flush=True)
+            times[nb] = round(execute(nb, executed, parameters), 1)
+        write_run_json(cfg, times)
+    complete = len(chosen) == len(NOTEBOOKS)
+    if complete and (snapshot if snapshot is not None else name != "smoke"):
+        from .results import write_snapshot
 
+        print(f"snapshot: {write_snapshot(cfgs[-1], seeds, {c.seed: c.run_dir() for c in cfgs})}", flush=True)
+    if book and complete:
         stage = out / "book"
-        stage_book(stage, executed, cfg, results_markdown(cfg))
-        html = build_book(stage)
-        print(f"book: {html / 'index.html'}", flush=True)
+        stage_book(stage, out / "executed", cfgs)
+        print(f"book: {build_book(stage) / 'index.html'}", flush=True)
     return out
 
 
@@ -171,14 +182,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-book", action="store_true", help="execute the notebooks but do not build the book")
     parser.add_argument("--seeds", nargs="+", type=int, help="run the whole series once per seed")
     parser.add_argument("--out", type=Path, help="output folder (default: _build/<profile>)")
+    parser.add_argument("--snapshot", action=argparse.BooleanOptionalAction, default=None,
+                        help="refresh results/<profile>-<id set>/ (default: on except for the smoke profile)")
     args = parser.parse_args(argv)
     try:
-        overrides = parse_overrides(args.parameters)
-        seeds = args.seeds or [overrides.get("seed")]
-        for seed in seeds:
-            extra = {} if seed is None else {"seed": seed}
-            run(args.profile, {**overrides, **extra}, args.only, book=not args.no_book and seed == seeds[-1],
-                out=args.out)
+        run(args.profile, parse_overrides(args.parameters), args.only, book=not args.no_book, out=args.out,
+            seeds=args.seeds, snapshot=args.snapshot)
     except (ValueError, RunError, FileNotFoundError, ArtifactsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2 if isinstance(err, ValueError) else 1

@@ -200,7 +200,7 @@ def _class_images(class_id: int, n: int, split_id: int, seed: int) -> np.ndarray
     a, b = _rotate(u - p["centre"][0], v - p["centre"][1], p["angle"])
     mask = _inside(_shape_sdf(p, a, b))                                                           # (n, 32, 32)
     bg, fg, accent, bg2 = p["colours"]
-    back = _mix(bg, bg2, _background(p, u, v)) + (U[:, None, None, _BG_RGB] - 0.5) * 0.5         # (n, 32, 32, 3)
+    back = _mix(bg, bg2, _background(p, u, v)) + (U[:, None, None, _BG_RGB] - 0.5) * 0.3         # (n, 32, 32, 3)
     back = _distractor(back, U)
     front = _mix(fg, accent, _fill(p, a, b)) + (U[:, None, None, _FG_RGB] - 0.5) * 0.3
     img = back + mask[..., None] * (front - back)
@@ -237,8 +237,8 @@ def _mix(c0: np.ndarray, c1: np.ndarray, w: np.ndarray) -> np.ndarray:
 def _nuisance(img: np.ndarray, U: np.ndarray, noise: np.ndarray) -> np.ndarray:
     """Contrast, brightness, colour gains, an occluding patch (probability 0.2) and Gaussian noise."""
     mean = img.mean(axis=(1, 2, 3), keepdims=True)
-    img = mean + (0.6 + 0.6 * _e4(U[:, _CONTRAST])) * (img - mean)
-    img = img * (0.75 + 0.5 * U[:, None, None, _GAINS]) + (_e4(U[:, _BRIGHT]) - 0.5) * 0.3
+    img = mean + (0.7 + 0.5 * _e4(U[:, _CONTRAST])) * (img - mean)
+    img = img * (0.8 + 0.4 * U[:, None, None, _GAINS]) + (_e4(U[:, _BRIGHT]) - 0.5) * 0.24
     X, Y = _grid()
     (x0, y0), (hw, hh) = (U[:, _OCC_POS] * 1.6 - 0.8).T, (0.1 + 0.1 * U[:, _OCC_SIZE]).T           # 3-6 px patch
     patch = (np.abs(X - _e3(x0)) < _e3(hw)) & (np.abs(Y - _e3(y0)) < _e3(hh)) & _e3(U[:, _OCC] < 0.2)

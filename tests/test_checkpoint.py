@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from helpers import checkpoint as ckpt
-from helpers import train
+from helpers import report, train
 from helpers.data import id_splits
 
 from .conftest import make_tiny
@@ -19,11 +19,10 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture
-def trained(tmp_path: Path):
+def trained(tiny_cfg):
     """A finished tiny run (3 epochs, a checkpoint after each)."""
-    cfg = make_tiny(tmp_path)
-    train.fit(cfg, id_splits(cfg), torch.device("cpu"), progress=False)
-    return cfg
+    train.fit(tiny_cfg, id_splits(tiny_cfg), torch.device("cpu"), progress=False)
+    return tiny_cfg
 
 
 def test_save_atomic_round_trip_and_no_temporary_file(tmp_path: Path) -> None:
@@ -114,6 +113,9 @@ def test_unwritable_artifacts_folder_is_a_clear_error(tmp_path: Path) -> None:
     assert message.startswith(f"cannot write to the artifacts folder {blocker / 'artifacts'}")
     assert "pass -p artifacts PATH" in message
     assert blocker.read_text().startswith("a regular file")
+    for save in (lambda: report.save_metrics(cfg, "training", {"a": 1}), lambda: report.save_figure(cfg, None, "x")):
+        with pytest.raises(ckpt.ArtifactsError, match=r"cannot write to the artifacts folder .*pass -p artifacts"):
+            save()
 
 
 def test_ensure_writable_creates_the_folder_and_leaves_nothing(tmp_path: Path) -> None:

@@ -43,8 +43,18 @@ def test_unknown_parameter_is_named_with_a_close_match() -> None:
     with pytest.raises(ValueError, match=r"unknown parameter 'epoch'; did you mean 'epochs'\?") as err:
         config.make_config("smoke", epoch=3)
     assert "\n" not in str(err.value) and "valid names:" in str(err.value)
-    with pytest.raises(ValueError, match=r"unknown parameter 'zzz'; valid names: .*weight_decay"):
+    with pytest.raises(ValueError, match=r"unknown parameter 'zzz'; valid names: .*weight_decay") as err:
         config.make_config("smoke", zzz=1)
+    assert "profile" not in str(err.value)                            # the profile is chosen, not overridden
+
+
+def test_wrong_type_message_shows_a_value_that_would_work() -> None:
+    with pytest.raises(ValueError, match=r"e\.g\. -p ood_datasets synthetic-digits,synthetic-near,"):
+        config.make_config("smoke", ood_datasets=5)
+    example = "synthetic-digits,synthetic-near"                        # the suggested spelling is accepted
+    assert config.make_config("smoke", ood_datasets=example).ood_datasets == ("synthetic-digits", "synthetic-near")
+    with pytest.raises(ValueError, match=r"e\.g\. -p epochs 10\.$"):
+        config.make_config("smoke", epochs="ten")
 
 
 @pytest.mark.parametrize("name, value, want", [

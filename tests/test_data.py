@@ -227,6 +227,10 @@ def test_augment_crops_stay_within_the_padding() -> None:
     assert set(out.unique().tolist()) <= {0, 7}
     kept = (out[:, 0] == 7).sum((1, 2))                                # at least (32 - 4)^2 pixels survive
     assert kept.min() >= 28 * 28 and (kept == 32 * 32).any() and (kept == 28 * 28).any()
+    rows = (out[:, 0] == 7).any(2).int()                               # (B, 32): rows that show the image
+    top, bottom = rows.argmax(1), rows.flip(1).argmax(1)               # zero rows above and below it
+    offsets = torch.where(top > 0, 4 - top, 4 + bottom)                # the vertical crop offset, 0..8
+    assert set(offsets.tolist()) == set(range(9))                      # every shift in [-4, 4] occurs
 
 
 def test_augment_flips_about_half() -> None:
