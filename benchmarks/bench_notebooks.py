@@ -100,6 +100,7 @@ def main() -> int:
     rows, raw = [], {}
     try:
         run_dir = copy_checkpoints(tmp, {})
+        files: dict[str, set[Path]] = {}
         for which in passes:
             for nb in chosen:
                 r = run_runner(["--profile", "smoke", "--only", nb[:2], "--no-book", "-p", "artifacts", str(tmp),
@@ -113,7 +114,9 @@ def main() -> int:
                 cells = ", ".join(f"cell {i} {s:.1f} s" for i, s in r["slowest"])
                 print(f"  {which:5s} {nb}: {r['seconds']} s in the notebook, {r['wall']:.0f} s with the runner; "
                       f"slowest: {cells}", flush=True)
-        cache = sum(f.stat().st_size for f in (run_dir / "features").rglob("*.pt"))
+            files[which] = set((run_dir / "features").rglob("*.pt"))
+        cache = sum(f.stat().st_size for f in files["cold"])
+        new = len(files[passes[-1]] - files["cold"])
     finally:
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -130,9 +133,12 @@ def main() -> int:
     common.table(rows, ["notebook", "cold s", "warm s", "warm/cold", "cold peak RSS GB", "warm peak RSS GB"])
     print(f"(notebook seconds as recorded by the runner in run.json; peak RSS of the largest process, runner or "
           f"kernel; warm = best of {len(passes) - 1} warm pass(es); feature cache written: {cache / 2**20:.0f} MiB)")
+    if new:
+        print(f"WARNING: the warm pass wrote {new} new feature files, so it recomputed features: the data or the "
+              "helpers changed during the run (e.g. someone edited helpers/synthetic.py). Rerun for valid numbers.")
     g = common.goal("warm / cold wall time", 100 * warm / cold, 20, higher_is_better=False, unit=" %")
     common.write_json(args.json, dict(machine=m, size=common.size(args), notebooks=chosen, runs=raw, rows=rows,
-                                      cache_bytes=cache, goal=g))
+                                      cache_bytes=cache, new_files_in_warm=new, goal=g))
     return 0
 
 

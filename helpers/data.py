@@ -306,17 +306,26 @@ def normalize(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
     return (x.float() / 255 - mean) / std
 
 
-def augment(x: Tensor, generator: torch.Generator, pad: int = 4) -> Tensor:
-    """Random crop with ``pad``-pixel zero padding and random horizontal flip, for a whole batch.
+def crop_flip_params(n: int, generator: torch.Generator, pad: int = 4) -> Tensor:
+    """Random crop offsets and flips for ``n`` images, (n, 3) int64 columns (dy, dx, flip), drawn on the CPU
+    from ``generator`` so that runs are identical on any device. Draw a whole epoch at once and move it to the
+    device in one transfer: no host synchronisation per step."""
+    offsets = torch.randint(0, 2 * pad + 1, (2, n), generator=generator)                # (2, n)
+    flip = (torch.rand(n, generator=generator) < 0.5).long()                            # (n,)
+    return torch.stack([offsets[0], offsets[1], flip], 1)
 
-    The random offsets come from ``generator`` (on the CPU) so that runs are identical on any device.
-    """
-    B, _, H, W = x.shape
-    padded = F.pad(x, (pad, pad, pad, pad))                                          # (B, 3, H+2p, W+2p)
-    oy, ox = torch.randint(0, 2 * pad + 1, (2, B), generator=generator).to(x.device)
-    flip = (torch.rand(B, generator=generator) < 0.5).to(x.device)
-    rows = oy[:, None] + torch.arange(H, device=x.device)                            # (B, H)
-    cols = ox[:, None] + torch.arange(W, device=x.device)                            # (B, W)
-    cols = torch.where(flip[:, None], cols.flip(1), cols)
-    b = torch.arange(B, device=x.device)[:, None, None]
-    return padded.permute(0, 2, 3, 1)[b, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+
+def crop_flip(x: Tensor, params: Tensor, pad: int = 4) -> Tensor:
+    """Crop (with ``pad``-pixel zero padding) and flip a batch (B, C, H, W) by ``params`` (B, 3), in one gather."""
+    B, C, H, W = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad)).flatten(2)                                 # (B, C, (H+2p)(W+2p))
+    rows = params[:, :1] + torch.arange(H, device=x.device)                            # (B, H)
+    cols = params[:, 1:2] + torch.arange(W, device=x.device)                           # (B, W)
+    cols = torch.where(params[:, 2:3] == 1, cols.flip(1), cols)
+    flat = (rows[:, :, None] * (W + 2 * pad) + cols[:, None, :]).reshape(B, 1, H * W)  # (B, 1, H*W)
+    return padded.gather(2, flat.expand(B, C, H * W)).reshape(B, C, H, W)
+
+
+def augment(x: Tensor, generator: torch.Generator, pad: int = 4) -> Tensor:
+    """Random crop with ``pad``-pixel zero padding and random horizontal flip, for a whole batch."""
+    return crop_flip(x, crop_flip_params(x.shape[0], generator, pad).to(x.device), pad)

@@ -69,9 +69,10 @@ def file_digest(path: Path) -> str:
 
 
 def cache_path(cache_dir: Path, checkpoint: Path, ds: ImageSet, mean: Tensor, std: Tensor) -> Path:
-    """Cache file of ``ds`` under ``checkpoint``: keyed by the checkpoint's bytes, the set's name and size
-    and the normalisation statistics."""
-    prep = hashlib.sha256(f"{ds.name}|{len(ds)}|{mean.tolist()}|{std.tolist()}".encode()).hexdigest()[:12]
+    """Cache file of ``ds`` under ``checkpoint``: keyed by the checkpoint's bytes, the set's name and pixels
+    and the normalisation statistics (changed images never get stale features)."""
+    pixels = hashlib.blake2b(ds.images.contiguous().numpy().tobytes(), digest_size=8).hexdigest()
+    prep = hashlib.sha256(f"{ds.name}|{pixels}|{mean.tolist()}|{std.tolist()}".encode()).hexdigest()[:12]
     return Path(cache_dir) / file_digest(checkpoint) / f"{ds.name.replace('/', '_').replace(':', '_')}-{prep}.pt"
 
 
@@ -82,14 +83,16 @@ def read_cache(path: Path, blocks: bool) -> Features | None:
     blob = torch.load(path, weights_only=True)
     if blocks and blob.get("blocks") is None:
         return None
-    stored = [b.float() for b in blob["blocks"]] if blocks else None
+    stored = [b.float() for b in blob["blocks"]] + [blob["features"]] if blocks else None
     return Features(blob["logits"], blob["features"], blob["labels"], stored)
 
 
 def write_cache(path: Path, f: Features) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    blocks = [b.half() for b in f.blocks] if f.blocks is not None else None     # float16 on disk: half the size
+    # Blocks 1-7 in float16 on disk (half the size; NC metrics of earlier layers do not need more); block 8 is
+    # the penultimate layer, stored once, in float32, as ``features``.
+    blocks = [b.half() for b in f.blocks[:-1]] if f.blocks is not None else None
     torch.save({"logits": f.logits, "features": f.features, "labels": f.labels, "blocks": blocks}, tmp)
     tmp.replace(path)
 

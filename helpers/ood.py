@@ -196,11 +196,13 @@ class Mahalanobis(OODScore):
         sigma_w = within_class_cov(h, y, self.means_)                    # (D, D)
         self.whitener_ = _pinv_sqrt(sigma_w)                             # (D, r)
         self.precision_ = self.whitener_ @ self.whitener_.T              # (D, D) = Sigma_W^+
+        self.whitened_means_ = self.means_ @ self.whitener_              # (K, r)
 
     def _score(self, h: Tensor, z: Tensor) -> Tensor:
-        hw, mw = h @ self.whitener_, self.means_ @ self.whitener_        # (N, r), (K, r)
-        d2 = torch.cdist(hw, mw, compute_mode="donot_use_mm_for_euclid_dist") ** 2  # (N, K)
-        return -d2.min(dim=1).values
+        hw, mw = h @ self.whitener_, self.whitened_means_                # (N, r), (K, r)
+        # ||hw - mw_c||^2 = ||hw||^2 - 2 hw . mw_c + ||mw_c||^2: one matrix product (float64, clamped at 0)
+        d2 = (hw * hw).sum(1, keepdim=True) - 2 * hw @ mw.T + (mw * mw).sum(1)  # (N, K)
+        return -d2.clamp_min(0).min(dim=1).values
 
 
 def vim_default_dim(n_features: int) -> int:

@@ -108,7 +108,8 @@ def stage_book(stage: Path, executed: Path, cfgs: list[Config]) -> None:
 
 def build_book(stage: Path) -> Path:
     """``jupyter-book build`` with warnings as errors; returns the HTML folder."""
-    cmd = [sys.executable, "-m", "jupyter_book", "build", str(stage), "-W", "--keep-going", "-q"]
+    cli = "from jupyter_book.cli.main import main; main()"      # jupyter-book 1.x has no ``python -m`` entry
+    cmd = [sys.executable, "-c", cli, "build", str(stage), "-W", "--keep-going", "-q"]
     if subprocess.run(cmd).returncode != 0:
         raise RunError(f"the book build failed (warnings are errors); see the messages above, sources in {stage}")
     return stage / "_build" / "html"

@@ -7,11 +7,15 @@ classes; ``make_ood`` draws the OOD sets that mirror the real ones:
 * ``"digits"``: rendered house-number digits with neighbours at the sides (SVHN stand-in);
 * ``"textures"``: clouds, checkerboards, stripes, dots and cracked cells (Textures/DTD stand-in).
 
-A class c is a prototype built from four factors: a shape (c mod 5: ellipse, polygon, flower, ring, blobs),
+A class c is a prototype built from discrete factors, a shape (c mod 5: ellipse, polygon, flower, ring, blobs),
 a fill pattern (c // 5 mod 4: solid, stripes, checker, concentric rings), a background (c // 20 mod 3: flat,
-gradient, faint grating) and seeded continuous factors (colours from a shared palette, size, aspect,
-orientation, pattern frequency). Each image applies nuisance to its prototype: rotation, scale, translation,
-contrast, brightness, colour gains, an occluding patch and Gaussian noise.
+gradient, faint grating) and a colour scheme (7c mod 13, four colours of a shared palette), plus seeded
+continuous factors (size, aspect, orientation, number of sides or petals, pattern frequency, small colour
+shifts). Each image applies nuisance to its prototype: rotation (+-20 degrees), scale (0.8-1.2), shift (+-9 px),
+mirroring, colour shifts of background and foreground, a clutter disc, contrast, brightness, channel gains,
+an occluding patch and Gaussian noise. Classes share every factor with other classes, so neither the mean
+colour nor any single factor separates them, while the within-class spread leaves neural collapse something
+to collapse.
 
 Randomness: every generator is ``np.random.default_rng([seed, stream, class_id, part])`` with a fixed-length
 key (SeedSequence maps ``[a, b]`` and ``[a, b, 0]`` to the same state). A class's prototype depends on
@@ -31,12 +35,14 @@ _PROTO, _NEAR, _DIGITS, _TEXTURES = 0, 3, 4, 5          # stream ids of the seed
 NEAR_FIRST_CLASS, NEAR_CLASSES = 1000, 10
 SIZE = 32
 
-# Shared palette (P, 3): classes pick background, foreground and accent from it, so mean colour alone is ambiguous.
+# Shared palette (P, 3): the colour schemes draw background, foreground and accent colours from it.
 _PALETTE = np.array([
     [0.85, 0.20, 0.20], [0.95, 0.55, 0.15], [0.95, 0.85, 0.25], [0.30, 0.70, 0.30], [0.15, 0.60, 0.60],
     [0.20, 0.35, 0.80], [0.55, 0.30, 0.70], [0.90, 0.50, 0.70], [0.90, 0.90, 0.85], [0.20, 0.20, 0.22],
     [0.55, 0.35, 0.20], [0.60, 0.65, 0.70],
 ], dtype=np.float32)
+
+_SCHEMES = 13                                           # colour schemes (bg, fg, accent, bg2) shared by the classes
 
 # 5x7 bitmap font for the digits 0-9, one string of 7 rows per digit.
 _FONT_ROWS = (
@@ -124,6 +130,7 @@ def _e4(t: np.ndarray) -> np.ndarray:
 
 
 def _to_uint8(img: np.ndarray) -> np.ndarray:
+    """Float images in [0, 1] (clipped) to uint8 pixels."""
     return np.round(np.clip(img, 0, 1) * 255).astype(np.uint8)
 
 
@@ -131,9 +138,15 @@ def _to_uint8(img: np.ndarray) -> np.ndarray:
 
 
 def _prototype(class_id: int, seed: int) -> dict:
-    """Factors of class ``class_id``: discrete shape/fill/background from the id, the rest seeded."""
+    """Factors of class ``class_id``: shape, fill, background and colour scheme from the id, the rest seeded.
+
+    Shape c mod 5 and fill c // 5 mod 4 repeat every 20 classes and the colour scheme 7c mod 13 every 13, so the
+    triple is unique over any 260 consecutive ids: ID classes 0-99 share each factor with other classes, and the
+    near-OOD classes 1000+ are new combinations of known factors.
+    """
     r = _rng(seed, _PROTO, class_id, 0)
-    colours = _PALETTE[r.choice(len(_PALETTE), 4, replace=False)] + r.uniform(-0.07, 0.07, (4, 3))
+    scheme = _rng(seed, _PROTO, (7 * class_id) % _SCHEMES, 1).choice(len(_PALETTE), 4, replace=False)
+    colours = _PALETTE[scheme] + r.uniform(-0.07, 0.07, (4, 3))
     return dict(
         shape=class_id % 5, fill=(class_id // 5) % 4, background=(class_id // 20) % 3,
         colours=np.clip(colours, 0, 1).astype(np.float32),        # bg, fg, accent, bg2: (4, 3)
@@ -189,6 +202,7 @@ def _background(p: dict, u: np.ndarray, v: np.ndarray) -> np.ndarray:
 _ROT, _SCALE, _SHIFT, _CONTRAST, _BRIGHT, _GAINS, _NOISE = 0, 1, slice(2, 4), 4, 5, slice(6, 9), 9
 _OCC, _OCC_POS, _OCC_SIZE, _OCC_RGB = 10, slice(11, 13), slice(13, 15), slice(15, 18)
 _BG_RGB, _FG_RGB, _DIS, _DIS_POS, _DIS_R, _DIS_RGB = slice(18, 21), slice(21, 24), 24, slice(25, 27), 27, slice(28, 31)
+_FLIP = 31
 
 
 def _class_images(class_id: int, n: int, split_id: int, seed: int) -> np.ndarray:
@@ -213,12 +227,13 @@ def _inside(sdf: np.ndarray, edge: float = 0.035) -> np.ndarray:
 
 
 def _sample_frame(U: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-image object coordinates (u, v), each (n, 32, 32): rotation +-0.35 rad, scale 0.8-1.2, shift +-7 px."""
+    """Per-image object frame (u, v), each (n, 32, 32): rotation +-0.35 rad, scale 0.8-1.2, shift +-9 px, mirror."""
     X, Y = _grid()
     theta, scale = _e3((U[:, _ROT] - 0.5) * 0.7), _e3(0.8 + 0.4 * U[:, _SCALE])
-    tx, ty = (_e3(t) for t in ((U[:, _SHIFT] - 0.5) * 0.9).T)
+    tx, ty = (_e3(t) for t in ((U[:, _SHIFT] - 0.5) * 1.1).T)
     u, v = _rotate(X - tx, Y - ty, theta)
-    return u / scale, v / scale
+    mirror = _e3(np.where(U[:, _FLIP] < 0.5, -1, 1).astype(np.float32))
+    return mirror * u / scale, v / scale
 
 
 def _distractor(back: np.ndarray, U: np.ndarray) -> np.ndarray:

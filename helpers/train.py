@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from .config import Config, resolve_device
-from .data import ImageSet, Splits, augment, id_splits, normalize
+from .data import ImageSet, Splits, crop_flip, crop_flip_params, id_splits, normalize
 from .features import extract
 from .model import ResNet18, build_model
 
@@ -57,6 +57,8 @@ def train_epoch(model: nn.Module, images: Tensor, labels: Tensor, splits: Splits
     model.train()
     n = images.shape[0]
     order = torch.randperm(n, generator=generator).to(device)
+    if cfg.augment:                                                   # one epoch of random draws, one transfer
+        params = crop_flip_params(n, generator).to(device, non_blocking=True)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
@@ -64,7 +66,7 @@ def train_epoch(model: nn.Module, images: Tensor, labels: Tensor, splits: Splits
         idx = order[start:start + cfg.batch_size]
         x, y = images[idx], labels[idx]
         if cfg.augment:
-            x = augment(x, generator)
+            x = crop_flip(x, params[start:start + cfg.batch_size])
         x = normalize(x, splits.mean, splits.std)
         if device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
