@@ -8,14 +8,13 @@ classes; ``make_ood`` draws the OOD sets that mirror the real ones:
 * ``"textures"``: clouds, checkerboards, stripes, dots and cracked cells (Textures/DTD stand-in).
 
 A class c is a prototype built from discrete factors, a shape (c mod 5: ellipse, polygon, flower, ring, blobs),
-a fill pattern (c // 5 mod 4: solid, stripes, checker, concentric rings), a background (c // 20 mod 3: flat,
-gradient, faint grating) and a colour scheme (7c mod 13, four colours of a shared palette), plus seeded
-continuous factors (size, aspect, orientation, number of sides or petals, pattern frequency, small colour
-shifts). Each image applies nuisance to its prototype: rotation (+-20 degrees), scale (0.8-1.2), shift (+-9 px),
-mirroring, colour shifts of background and foreground, a clutter disc, contrast, brightness, channel gains,
-an occluding patch and Gaussian noise. Classes share every factor with other classes, so neither the mean
-colour nor any single factor separates them, while the within-class spread leaves neural collapse something
-to collapse.
+a fill pattern (c // 5 mod 4: solid, stripes, checker, concentric rings) and a background (c // 20 mod 3: flat,
+gradient, faint grating), plus seeded factors: four colours from a shared 12-colour palette, size, aspect,
+orientation, position, number of sides or petals and pattern frequency. Each image applies nuisance to its
+prototype: rotation (+-20 degrees), scale (0.8-1.2), shift (+-9 px), mirroring, colour shifts of background and
+foreground, a clutter disc, contrast, brightness, channel gains, an occluding patch and Gaussian noise. Classes
+share every factor with other classes, so neither the mean colour nor any single factor separates them, and the
+within-class spread leaves neural collapse something to collapse.
 
 Randomness: every generator is ``np.random.default_rng([seed, stream, class_id, part])`` with a fixed-length
 key (SeedSequence maps ``[a, b]`` and ``[a, b, 0]`` to the same state). A class's prototype depends on
@@ -35,14 +34,12 @@ _PROTO, _NEAR, _DIGITS, _TEXTURES = 0, 3, 4, 5          # stream ids of the seed
 NEAR_FIRST_CLASS, NEAR_CLASSES = 1000, 10
 SIZE = 32
 
-# Shared palette (P, 3): the colour schemes draw background, foreground and accent colours from it.
+# Shared palette (P, 3): each class draws its background, foreground, accent and second background colour from it.
 _PALETTE = np.array([
     [0.85, 0.20, 0.20], [0.95, 0.55, 0.15], [0.95, 0.85, 0.25], [0.30, 0.70, 0.30], [0.15, 0.60, 0.60],
     [0.20, 0.35, 0.80], [0.55, 0.30, 0.70], [0.90, 0.50, 0.70], [0.90, 0.90, 0.85], [0.20, 0.20, 0.22],
     [0.55, 0.35, 0.20], [0.60, 0.65, 0.70],
 ], dtype=np.float32)
-
-_SCHEMES = 13                                           # colour schemes (bg, fg, accent, bg2) shared by the classes
 
 # 5x7 bitmap font for the digits 0-9, one string of 7 rows per digit.
 _FONT_ROWS = (
@@ -98,6 +95,7 @@ def _check_seed(seed: int) -> None:
 
 
 def _rng(seed: int, stream: int, class_id: int, part: int) -> np.random.Generator:
+    """The generator of one (seed, stream, class, part); streams: prototypes, train, test, near, digits, textures."""
     return np.random.default_rng([seed, stream, class_id, part])
 
 
@@ -125,28 +123,27 @@ def _e3(t: np.ndarray) -> np.ndarray:
 
 
 def _e4(t: np.ndarray) -> np.ndarray:
-    """Per-image scalars (n,) as (n, 1, 1, 1), to broadcast over (n, 32, 32, 3) images."""
+    """Per-image scalars (n,) as (n, 1, 1, 1), to broadcast over whole images."""
     return t[:, None, None, None]
 
 
 def _to_uint8(img: np.ndarray) -> np.ndarray:
     """Float images in [0, 1] (clipped) to uint8 pixels."""
-    return np.round(np.clip(img, 0, 1) * 255).astype(np.uint8)
+    img = np.clip(img, 0, 1) * 255
+    return np.rint(img, out=img).astype(np.uint8)
 
 
 # ---------------------------------------------------------------- ID family
 
 
 def _prototype(class_id: int, seed: int) -> dict:
-    """Factors of class ``class_id``: shape, fill, background and colour scheme from the id, the rest seeded.
+    """Factors of class ``class_id``: shape, fill and background from the id, colours and geometry seeded.
 
-    Shape c mod 5 and fill c // 5 mod 4 repeat every 20 classes and the colour scheme 7c mod 13 every 13, so the
-    triple is unique over any 260 consecutive ids: ID classes 0-99 share each factor with other classes, and the
-    near-OOD classes 1000+ are new combinations of known factors.
+    The discrete factors repeat every 60 ids, so every ID class shares them with other classes, and the
+    near-OOD classes 1000+ are new draws of the same factors.
     """
     r = _rng(seed, _PROTO, class_id, 0)
-    scheme = _rng(seed, _PROTO, (7 * class_id) % _SCHEMES, 1).choice(len(_PALETTE), 4, replace=False)
-    colours = _PALETTE[scheme] + r.uniform(-0.07, 0.07, (4, 3))
+    colours = _PALETTE[r.choice(len(_PALETTE), 4, replace=False)] + r.uniform(-0.07, 0.07, (4, 3))
     return dict(
         shape=class_id % 5, fill=(class_id // 5) % 4, background=(class_id // 20) % 3,
         colours=np.clip(colours, 0, 1).astype(np.float32),        # bg, fg, accent, bg2: (4, 3)
@@ -206,19 +203,29 @@ _FLIP = 31
 
 
 def _class_images(class_id: int, n: int, split_id: int, seed: int) -> np.ndarray:
-    """n images (n, 32, 32, 3) uint8 of class ``class_id``, drawn with the (seed, split, class) generators."""
+    """n images (n, 32, 32, 3) uint8 of class ``class_id``, drawn with the (seed, split, class) generators.
+
+    Rendering runs channel-first, (n, 3, 32, 32), so numpy's inner loops run over pixels, not over 3 channels.
+    """
     p = _prototype(class_id, seed)
     U = _rng(seed, split_id, class_id, 0).random((n, 32), dtype=np.float32)                       # (n, 32)
-    noise = _rng(seed, split_id, class_id, 1).standard_normal((n, SIZE, SIZE, 3), dtype=np.float32)
+    noise = _rng(seed, split_id, class_id, 1).standard_normal((n, 3, SIZE, SIZE), dtype=np.float32)
     u, v = _sample_frame(U)                                                                       # (n, 32, 32)
     a, b = _rotate(u - p["centre"][0], v - p["centre"][1], p["angle"])
-    mask = _inside(_shape_sdf(p, a, b))                                                           # (n, 32, 32)
+    mask = _inside(_shape_sdf(p, a, b))[:, None]                                                  # (n, 1, 32, 32)
     bg, fg, accent, bg2 = p["colours"]
-    back = _mix(bg, bg2, _background(p, u, v)) + (U[:, None, None, _BG_RGB] - 0.5) * 0.3         # (n, 32, 32, 3)
+    back = _mix(bg, bg2, _background(p, u, v)) + _ch(U[:, _BG_RGB] - 0.5) * 0.3                   # (n, 3, 32, 32)
     back = _distractor(back, U)
-    front = _mix(fg, accent, _fill(p, a, b)) + (U[:, None, None, _FG_RGB] - 0.5) * 0.3
-    img = back + mask[..., None] * (front - back)
-    return _to_uint8(_nuisance(img, U, noise))
+    front = _mix(fg, accent, _fill(p, a, b)) + _ch(U[:, _FG_RGB] - 0.5) * 0.3
+    front -= back
+    front *= mask
+    front += back
+    return _to_uint8(_nuisance(front, U, noise)).transpose(0, 2, 3, 1).copy()
+
+
+def _ch(t: np.ndarray) -> np.ndarray:
+    """Per-image colours (n, 3) as (n, 3, 1, 1), to broadcast over channel-first images."""
+    return t[:, :, None, None]
 
 
 def _inside(sdf: np.ndarray, edge: float = 0.035) -> np.ndarray:
@@ -241,24 +248,28 @@ def _distractor(back: np.ndarray, U: np.ndarray) -> np.ndarray:
     X, Y = _grid()
     x0, y0 = (_e3(t) for t in (U[:, _DIS_POS] * 2 - 1).T)
     disc = _inside(np.hypot(X - x0, Y - y0) - _e3(0.2 + 0.2 * U[:, _DIS_R])) * _e3(U[:, _DIS] < 0.5)
-    return back + disc[..., None] * (U[:, None, None, _DIS_RGB] - back)
+    return back + disc[:, None] * (_ch(U[:, _DIS_RGB]) - back)
 
 
 def _mix(c0: np.ndarray, c1: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Colour c0 + w (c1 - c0) per pixel: colours (3,), weight (n, 32, 32) -> (n, 32, 32, 3)."""
-    return c0 + w[..., None] * (c1 - c0)
+    """Colour c0 + w (c1 - c0) per pixel: colours (3,), weight (n, 32, 32) -> (n, 3, 32, 32)."""
+    return c0[:, None, None] + w[:, None] * (c1 - c0)[:, None, None]
 
 
 def _nuisance(img: np.ndarray, U: np.ndarray, noise: np.ndarray) -> np.ndarray:
-    """Contrast, brightness, colour gains, an occluding patch (probability 0.2) and Gaussian noise."""
-    mean = img.mean(axis=(1, 2, 3), keepdims=True)
-    img = mean + (0.7 + 0.5 * _e4(U[:, _CONTRAST])) * (img - mean)
-    img = img * (0.8 + 0.4 * U[:, None, None, _GAINS]) + (_e4(U[:, _BRIGHT]) - 0.5) * 0.24
+    """Contrast k about the image mean m, channel gains g and brightness b, (m + k (img - m)) g + b; then an
+    occluding patch (probability 0.2) and Gaussian noise. Works in place on ``img`` and ``noise``, (n, 3, 32, 32)."""
+    m = img.mean(axis=(1, 2, 3), keepdims=True)                                                    # (n, 1, 1, 1)
+    k, g = 0.7 + 0.5 * _e4(U[:, _CONTRAST]), 0.8 + 0.4 * _ch(U[:, _GAINS])
+    img *= k * g
+    img += (1 - k) * m * g + (_e4(U[:, _BRIGHT]) - 0.5) * 0.24
     X, Y = _grid()
     (x0, y0), (hw, hh) = (U[:, _OCC_POS] * 1.6 - 0.8).T, (0.1 + 0.1 * U[:, _OCC_SIZE]).T           # 3-6 px patch
     patch = (np.abs(X - _e3(x0)) < _e3(hw)) & (np.abs(Y - _e3(y0)) < _e3(hh)) & _e3(U[:, _OCC] < 0.2)
-    img = np.where(patch[..., None], U[:, None, None, _OCC_RGB], img)
-    return img + (0.02 + 0.05 * _e4(U[:, _NOISE])) * noise
+    np.copyto(img, _ch(U[:, _OCC_RGB]), where=patch[:, None])
+    noise *= 0.02 + 0.05 * _e4(U[:, _NOISE])
+    img += noise
+    return img
 
 
 def _near(n: int, seed: int) -> np.ndarray:

@@ -81,8 +81,12 @@ def test_bad_arguments_raise_value_error():
         synthetic.make_id("val")
     with pytest.raises(ValueError, match="per_class"):
         synthetic.make_id("train", per_class=0)
+    with pytest.raises(ValueError, match="per_class"):
+        synthetic.make_id("train", per_class=2.5)
     with pytest.raises(ValueError, match="num_classes"):
         synthetic.make_id("train", num_classes=-1)
+    with pytest.raises(ValueError, match="near-OOD"):
+        synthetic.make_id("train", num_classes=1001, per_class=1)
     with pytest.raises(ValueError, match="n must"):
         synthetic.make_ood("digits", n=0)
     with pytest.raises(ValueError, match="seed"):
