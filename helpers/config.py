@@ -32,7 +32,7 @@ class Config:
     ood_datasets: tuple[str, ...] = ("synthetic-digits", "synthetic-near", "synthetic-textures")
     val_ood_dataset: str = "synthetic-near-val"  # held-out OOD set for choosing hyper-parameters
     num_classes: int = 100                   # synthetic only: number of ID classes
-    per_class: int = 24                      # synthetic only: training images per class
+    per_class: int = 40                      # synthetic only: training images per class
     train_subset: int = 0                    # 0 = whole training set, else a class-balanced subset
     val_fraction: float = 0.1                # seeded validation split of the training set
     ood_subset: int = 0                      # 0 = whole OOD test sets, else at most this many images
@@ -40,14 +40,14 @@ class Config:
     # model
     width: int = 8                           # channels of the first stage (64 = ResNet-18)
     # optimisation
-    epochs: int = 10
+    epochs: int = 20
     batch_size: int = 128
     lr: float = 0.1
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
     augment: bool = False                    # random crop (4-pixel padding) + horizontal flip
-    checkpoint_every: int = 3                # regular checkpoints after a log-spaced early phase
+    checkpoint_every: int = 4                # regular checkpoints after a log-spaced early phase
     # execution
     device: str = "auto"                     # auto | cpu | cuda | cuda:N
     compile: bool = False                    # torch.compile the model (GPU)
@@ -58,8 +58,10 @@ class Config:
     # ------------------------------------------------------------------ derived paths
     def key(self) -> str:
         """Short hash of every field that changes the trained weights."""
-        fields = ("id_dataset", "num_classes", "per_class", "train_subset", "val_fraction", "width", "epochs",
-                  "batch_size", "lr", "momentum", "nesterov", "weight_decay", "augment", "seed")
+        fields = ("id_dataset", "train_subset", "val_fraction", "width", "epochs", "batch_size", "lr", "momentum",
+                  "nesterov", "weight_decay", "augment", "seed")
+        if self.id_dataset == "synthetic":                   # the synthetic set's size only matters for itself
+            fields += ("num_classes", "per_class")
         blob = json.dumps({k: getattr(self, k) for k in fields}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
