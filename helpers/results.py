@@ -186,14 +186,15 @@ def literature_lines() -> list[str]:
     out = ["## Published results", ""]
     for entry in pub.values():
         scores = entry["scores"]
-        cols = sorted({c for v in scores.values() for c in v})
+        cols = sorted({c for v in scores.values() for c in v if not c.endswith("_std")})
         rows = []
         for s in sorted(scores, key=lambda s: SCORE_ORDER.index(s) if s in SCORE_ORDER else 99):
             cells = []
             for c in cols:
                 v = scores[s].get(c)
+                std = scores[s].get(f"{c}_std")
                 cells.append("–" if v is None else (f"{v['auroc']:.2f} / {v['fpr95']:.2f}" if isinstance(v, dict)
-                                                    else f"{v:.2f}"))
+                                                    else f"{v:.2f}" + (f" ± {std:.2f}" if std is not None else "")))
             rows.append([f"`{s}`"] + cells)
         header = ["score"] + [c.replace("_", " ") for c in cols]
         out += [f"**{entry['source']}**" + (" (AUROC / FPR95, %)" if isinstance(next(iter(
