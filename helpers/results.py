@@ -221,14 +221,15 @@ def results_markdown(cfgs: Config | list[Config], stage_figures: Path | None = N
     lines += _section(f"This run (`{cfg.profile}` profile)", [metrics_dir(c) for c in cfgs],
                       figures_dir(cfg) if stage_figures is not None else None, "figures/run", info)
     for snap in sorted(p for p in RESULTS.glob("*/") if (p / "run.json").exists()):
-        if snap.name == snapshot_name(cfg):
+        snap_info = json.loads((snap / "run.json").read_text())
+        if info and snap_info["config"] == info["config"]:
             continue                                           # the run shown above is this snapshot's source
         if stage_figures is not None and (snap / "figures").exists():
             shutil.copytree(snap / "figures", stage_figures / snap.name, dirs_exist_ok=True)
         seeds = sorted((snap / "metrics").glob("seed-*"))
         lines += _section(f"Snapshot `{snap.name}` (committed)", seeds,
                           snap / "figures" if stage_figures is not None else None, f"figures/{snap.name}",
-                          json.loads((snap / "run.json").read_text()))
+                          snap_info)
     lines += literature_lines()
     if (REPO_ROOT / "book" / "_comparison_notes.md").exists():
         lines += ["```{include} _comparison_notes.md", "```", ""]

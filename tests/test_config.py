@@ -53,7 +53,7 @@ def test_wrong_type_message_shows_a_value_that_would_work() -> None:
         config.make_config("smoke", ood_datasets=5)
     example = "synthetic-digits,synthetic-near"                        # the suggested spelling is accepted
     assert config.make_config("smoke", ood_datasets=example).ood_datasets == ("synthetic-digits", "synthetic-near")
-    with pytest.raises(ValueError, match=r"e\.g\. -p epochs 10\.$"):
+    with pytest.raises(ValueError, match=rf"e\.g\. -p epochs {config.make_config('smoke').epochs}\.$"):
         config.make_config("smoke", epochs="ten")
 
 
