@@ -48,13 +48,19 @@ def _pct(x: float | None, digits: int = 1) -> str:
     return "–" if x is None else f"{100 * x:.{digits}f}"
 
 
-def _mean_std(values: list[float]) -> str:
-    values = [v for v in values if v is not None]
+def _num(values: list[float | None], digits: int = 3, percent: bool = False) -> str:
+    """One value, or mean ± std over seeds: percentages to one decimal, other numbers to ``digits`` figures."""
+    scale, fmt, fmt_std = (100, ".1f", ".1f") if percent else (1, f".{digits}g", ".2g")
+    values = [scale * v for v in values if v is not None]
     if not values:
         return "–"
     if len(values) == 1:
-        return f"{100 * values[0]:.1f}"
-    return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f}"
+        return format(values[0], fmt)
+    return f"{format(statistics.mean(values), fmt)} ± {format(statistics.stdev(values), fmt_std)}"
+
+
+def _mean_std(values: list[float | None]) -> str:
+    return _num(values, percent=True)
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -123,15 +129,6 @@ def _section(title: str, folder_runs: list[Path], figures: Path | None, fig_pref
         for png in sorted(figures.glob("*.png")) + sorted(figures.glob("*.gif")):
             out += [f"```{{figure}} {fig_prefix}/{png.name}", ":width: 90%", "", f"`{png.stem}`", "```", ""]
     return out
-
-
-def _num(values: list[float | None], digits: int = 3) -> str:
-    values = [v for v in values if v is not None]
-    if not values:
-        return "–"
-    if len(values) == 1:
-        return f"{values[0]:.{digits}g}"
-    return f"{statistics.mean(values):.{digits}g} ± {statistics.stdev(values):.2g}"
 
 
 def nc1_trend(collapse: dict[str, Any]) -> float:
