@@ -8,9 +8,6 @@ B (reference): the usual CIFAR pipeline, one PIL image per sample with torchvisi
 RandomHorizontalFlip, ToTensor, Normalize, batched by a torch DataLoader with 2 worker processes
 (persistent workers, so the workers' start-up is not counted against it).
 
-A' (proposal): as A with a one-``gather`` spelling of the same augmentation (bit-identical output, checked),
-to show what a change to ``helpers.data.augment`` would buy.
-
 Both produce the same batches (B, 3, 32, 32) float32 of the same synthetic images, one epoch per repetition,
 A and B alternating; images/s from the median epoch time. Goal: A at least 10x faster than B.
 
@@ -22,7 +19,6 @@ from __future__ import annotations
 import common  # noqa: I001 - puts the repository on sys.path
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from helpers import synthetic
@@ -53,23 +49,6 @@ def reference_loader(x: np.ndarray, y: np.ndarray, mean: list[float], std: list[
     tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)])
     return DataLoader(PILSet(x, y, tf), batch_size=BATCH, shuffle=True, num_workers=workers,
                       persistent_workers=workers > 0, drop_last=True)
-
-
-def augment_gather(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
-    """A faster spelling of ``helpers.data.augment`` (same random draws, same output bit for bit).
-
-    One ``gather`` along the flattened padded image with (B, 3, H*W) offsets replaces the 3-index advanced
-    indexing through a permuted view; shown here as a proposed change, not used by the helpers.
-    """
-    B, C, H, W = x.shape
-    padded = F.pad(x, (pad, pad, pad, pad))                                          # (B, C, H+2p, W+2p)
-    oy, ox = torch.randint(0, 2 * pad + 1, (2, B), generator=generator).to(x.device)
-    flip = (torch.rand(B, generator=generator) < 0.5).to(x.device)
-    rows = oy[:, None] + torch.arange(H, device=x.device)                            # (B, H)
-    cols = ox[:, None] + torch.arange(W, device=x.device)                            # (B, W)
-    cols = torch.where(flip[:, None], cols.flip(1), cols)
-    flat = (rows[:, :, None] * (W + 2 * pad) + cols[:, None, :]).reshape(B, 1, H * W)  # (B, 1, H*W)
-    return padded.flatten(2).gather(2, flat.expand(B, C, H * W)).reshape(B, C, H, W)
 
 
 def batch_epoch(images: torch.Tensor, labels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
@@ -112,34 +91,26 @@ def main() -> int:
     xb, _ = next(iter(loader))
     if xa.shape != xb.shape or xa.dtype != xb.dtype:
         raise SystemExit(f"pipelines disagree: {tuple(xa.shape)} {xa.dtype} vs {tuple(xb.shape)} {xb.dtype}")
-    same = torch.equal(augment(images[:BATCH], torch.Generator().manual_seed(1)),
-                       augment_gather(images[:BATCH], torch.Generator().manual_seed(1)))
-    if not same:
-        raise SystemExit("augment_gather differs from helpers.data.augment; the proposed variant is wrong.")
 
     n_epoch = (len(images) // BATCH) * BATCH
     times = common.interleaved({"batch": lambda: batch_epoch(images, labels, mean, std, g),
-                                "pil": lambda: loader_epoch(loader),
-                                "gather": lambda: batch_epoch(images, labels, mean, std, g, augment_gather)},
+                                "pil": lambda: loader_epoch(loader)},
                                repeats=repeats, warmup=1)
-    ta, tb, tc = (common.median(times[k]) for k in ("batch", "pil", "gather"))
+    ta, tb = (common.median(times[k]) for k in ("batch", "pil"))
     print(f"{len(images):,} synthetic CIFAR-sized images, batch {BATCH}, {n_epoch:,} images per epoch, "
           f"{repeats} interleaved epochs each (after one warm-up), medians:")
     rows = [dict(pipeline=f"A: helpers.data.augment + normalize on uint8 batches ({m['threads']} threads)",
                  **{"s/epoch": ta, "range": common.spread(times["batch"]), "images/s": n_epoch / ta}),
             dict(pipeline=f"B: torchvision PIL transforms, DataLoader {args.workers} workers",
-                 **{"s/epoch": tb, "range": common.spread(times["pil"]), "images/s": n_epoch / tb}),
-            dict(pipeline="A': as A with the one-gather augment proposed for helpers (identical output)",
-                 **{"s/epoch": tc, "range": common.spread(times["gather"]), "images/s": n_epoch / tc})]
+                 **{"s/epoch": tb, "range": common.spread(times["pil"]), "images/s": n_epoch / tb})]
     common.table(rows, ["pipeline", "s/epoch", "range", "images/s"])
     ratio = tb / ta
-    print(f"ratio A/B (images/s): {ratio:.1f}x; A'/B: {tb / tc:.1f}x (proposed, not in helpers)")
+    print(f"ratio A/B (images/s): {ratio:.1f}x")
     g_ = common.goal("speed-up of batch augmentation", ratio, 10, unit="x")
     common.write_json(args.json, dict(machine=m, size=common.size(args), images=len(images), batch=BATCH,
                                       repeats=repeats, workers=args.workers, seconds=times,
-                                      images_per_s={"batch": n_epoch / ta, "pil": n_epoch / tb,
-                                                    "gather": n_epoch / tc},
-                                      ratio=ratio, ratio_gather=tb / tc, goal=g_))
+                                      images_per_s={"batch": n_epoch / ta, "pil": n_epoch / tb},
+                                      ratio=ratio, goal=g_))
     return 0
 
 
