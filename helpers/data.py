@@ -18,11 +18,10 @@ Names understood by :func:`load`:
 from __future__ import annotations
 
 import gzip
-import shutil
-import socket
+import io
+import os
 import tarfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,20 +29,61 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from . import synthetic
 from .config import REPO_ROOT, Config
 
 SIZE = 32
-REAL = ("cifar10", "cifar100", "svhn", "dtd", "mnist", "fashion-mnist")
+SHARED = REPO_ROOT.parent / "shared" / "data"
+DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
+TENSOR_FORMAT = "oodnc-tensors-v2"       # bump when decoding changes: older tensor caches are rebuilt
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a real set comes from: a torchvision class, an archive in ``../shared/data``, a Debian package."""
+
+    what: str                              # one line: what the set is (the book and run.json quote it)
+    how: str                               # what to do when it is missing
+    archive: str = ""                      # file in ../shared/data
+    folders: tuple[str, str] = ("", "")    # folder inside the archive holding (train, test) images
+    labelled: bool = True                  # False: an OOD set, labels are -1
+    archive_note: str = ""                 # what differs in the archive's copy (recorded with the source)
+
+
+SOURCES: dict[str, Source] = {
+    "cifar10": Source("CIFAR-10, official split (torchvision, or the JPEG copy in ../shared/data)",
+                      "run once with internet, or put cifar10-jpeg.tar.gz in ../shared/data",
+                      "cifar10-jpeg.tar.gz", ("train", "test")),
+    "cifar100": Source("CIFAR-100, 100 fine labels: the official split from torchvision, or else the lossless "
+                       "copy in ../shared/data, a seeded re-split (500 train / 100 test per class)",
+                       "run once with internet, or put cifar100-png.tar.gz in ../shared/data",
+                       "cifar100-png.tar.gz", ("train", "test"),
+                       archive_note="lossless PNG, a seeded re-split (500 train / 100 test per class), "
+                                    "not the official split"),
+    "tinyimagenet": Source("Tiny ImageNet at 32x32, its val split (10,000 images, 200 classes; not filtered "
+                           "for classes overlapping CIFAR)", "put tinyimagenet32-jpeg.tar.gz in ../shared/data",
+                           "tinyimagenet32-jpeg.tar.gz", ("", "tinyimagenet32/val"), labelled=False),
+    "tinyimagenet-holdout": Source("Tiny ImageNet at 32x32, its test split (10,000 other images): the validation "
+                                   "OOD set for choosing hyper-parameters, disjoint from 'tinyimagenet'",
+                                   "put tinyimagenet32-jpeg.tar.gz in ../shared/data",
+                                   "tinyimagenet32-jpeg.tar.gz", ("", "tinyimagenet32/test"), labelled=False),
+    "dtd": Source("Describable Textures, all 47 categories (torchvision)",
+                  "run once with internet (torchvision downloads DTD), or use -p ood_datasets dtd10"),
+    "dtd10": Source("Describable Textures, a 10-category subset (1,200 images, 10 of the 47 categories)",
+                    "put dtd10-jpeg.tar.gz in ../shared/data", "dtd10-jpeg.tar.gz", ("", "dtd10"), labelled=False),
+    "svhn": Source("SVHN test split (torchvision)", "run once with internet (torchvision downloads SVHN)"),
+    "mnist": Source("MNIST test split (torchvision)", "run once with internet (torchvision downloads MNIST)"),
+    "fashion-mnist": Source("Fashion-MNIST test split (torchvision, or Debian's dataset-fashion-mnist)",
+                            "run once with internet, or `apt-get install dataset-fashion-mnist`"),
+    "places365": Source("Places365 validation images, small (torchvision)",
+                        "run once with internet (torchvision downloads Places365, about 500 MB)"),
+}
+REAL = tuple(SOURCES)
 SYNTHETIC_OOD = tuple(f"synthetic-{k}" for k in synthetic.OOD_KINDS) + ("synthetic-near-val",)
 NAMES = ("synthetic",) + SYNTHETIC_OOD + REAL
-SHARED_CIFAR10 = REPO_ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
-DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
-HOW_TO_GET = {
-    "cifar10": "run once with internet, or put cifar10-jpeg.tar.gz in ../shared/data",
-    "fashion-mnist": "run once with internet, or `apt-get install dataset-fashion-mnist`",
-}
+HOW_TO_GET = {name: src.how for name, src in SOURCES.items()}
 
 
 @dataclass
@@ -54,12 +94,13 @@ class ImageSet:
     images: Tensor
     labels: Tensor
     classes: list[str]
+    source: str = ""    # where the images came from (recorded in run.json)
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
     def subset(self, index: Tensor, name: str | None = None) -> ImageSet:
-        return ImageSet(name or self.name, self.images[index], self.labels[index], self.classes)
+        return ImageSet(name or self.name, self.images[index], self.labels[index], self.classes, self.source)
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -67,8 +108,18 @@ class DataNotFoundError(FileNotFoundError):
 
 
 # ----------------------------------------------------------------------------------------------- loading
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+class ImageDecodeError(OSError):
+    """An image file cannot be decoded; the message names the file."""
+
+
 def load(name: str, split: str, cfg: Config) -> ImageSet:
-    """Load set ``name`` (see the module docstring) for ``split`` in {"train", "test"}."""
+    """Read set ``name`` (see the module docstring) for ``split`` in {"train", "test"}; never downloads.
+
+    Real sets are read from the data root's tensor files, which :func:`prepare` writes once.
+    """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
     if name == "synthetic":
@@ -82,55 +133,154 @@ def load(name: str, split: str, cfg: Config) -> ImageSet:
         x = synthetic.make_ood(kind, n=1000, seed=seed)
         return ImageSet(name, _nhwc_to_tensor(x), torch.full((len(x),), -1), [])
     if name.startswith("imagefolder:"):
-        return _imagefolder(Path(name.split(":", 1)[1]).expanduser(), split, name)
-    if name in REAL:
-        return _real(name, split, cfg.data_dir())
+        return _imagefolder(Path(name.split(":", 1)[1]).expanduser(), split, name, cfg.skip_bad_images)
+    if name in SOURCES:
+        return _read_prepared(name, split, cfg.data_dir())
     raise ValueError(f"unknown data set {name!r}; use one of {', '.join(NAMES)} or imagefolder:PATH.")
+
+
+def tensor_path(root: Path, name: str, split: str) -> Path:
+    """The data root's file of one prepared real set: decoded uint8 images, labels, classes, source."""
+    return Path(root) / "tensors" / f"{name}-{split}.pt"
+
+
+def _read_tensors(path: Path) -> dict | None:
+    """A prepared set's blob, or None when missing; a corrupt or outdated file is reported and removed."""
+    if not path.exists():
+        return None
+    try:
+        blob = torch.load(path, weights_only=True)
+        ok = isinstance(blob, dict) and blob.get("format") == TENSOR_FORMAT
+    except Exception as err:  # noqa: BLE001 - any unreadable file is rebuilt
+        warnings.warn(f"data cache {path} is corrupt ({type(err).__name__}); it will be rebuilt.", stacklevel=3)
+        ok = False
+    if not ok:
+        path.unlink(missing_ok=True)
+        return None
+    return blob
+
+
+def _read_prepared(name: str, split: str, root: Path) -> ImageSet:
+    blob = _read_tensors(tensor_path(root, name, split))
+    if blob is None:
+        _check_split(name, split)
+        raise DataNotFoundError(f"data set {name!r} ({split}) is not prepared in {root}; run "
+                                f"`python -m helpers.data {name}` or helpers.data.prepare(cfg) first (the runner "
+                                "and notebook 01 do).")
+    return ImageSet(name, blob["images"], blob["labels"], list(blob["classes"]), blob["source"])
+
+
+def _check_split(name: str, split: str) -> None:
+    src = SOURCES[name]
+    if src.archive and not src.folders[split == "test"] and not src.labelled:
+        raise ValueError(f"{name!r} is an OOD set with a test split only; load it with split='test'.")
+
+
+def sets_of(cfg: Config) -> dict[str, tuple[str, ...]]:
+    """Every real set ``cfg`` uses, with the splits it needs: the ID set's train and test, the OOD sets' test."""
+    needed: dict[str, tuple[str, ...]] = {}
+    if cfg.id_dataset in SOURCES:
+        needed[cfg.id_dataset] = ("train", "test")
+    for name in (*cfg.ood_datasets, *cfg.extra_ood, cfg.val_ood_dataset):
+        if name in SOURCES:
+            needed.setdefault(name, ("test",))
+    return needed
+
+
+def prepare(cfg: Config, names: dict[str, tuple[str, ...]] | None = None, quiet: bool = False) -> list[str]:
+    """Decode every real set of ``cfg`` that is not prepared yet into the data root; returns what it did.
+
+    A set comes from torchvision's files when they are in the data root (downloaded when the network allows),
+    else from its archive in ``../shared/data``, else from a Debian package; a missing one raises
+    :class:`DataNotFoundError` saying how to get it. Nothing is extracted into the repository.
+    """
+    root, done = cfg.data_dir(), []
+    for name, splits in (names if names is not None else sets_of(cfg)).items():
+        for split in splits:
+            path = tensor_path(root, name, split)
+            if _read_tensors(path) is not None:
+                continue
+            images, labels, classes, source = _decode(name, split, root)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_torch_save({"format": TENSOR_FORMAT, "images": images, "labels": labels, "classes": classes,
+                               "source": source}, path)
+            done.append(f"prepared {name} ({split}, {len(labels):,} images) from {source}")
+            if not quiet:
+                print(done[-1])
+    return done
+
+
+def atomic_torch_save(obj: object, path: Path) -> None:
+    """``torch.save`` to a temporary file in the same folder, fsync, then rename: never a partial ``path``."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _decode(name: str, split: str, root: Path) -> tuple[Tensor, Tensor, list[str], str]:
+    """(images, labels, classes, source) of one real set, from the first source that has it."""
+    src = SOURCES[name]
+    _check_split(name, split)
+    local = _torchvision(name, split, root, download=False)
+    if local is not None:
+        return (*local, f"torchvision files in {root}")
+    archive = SHARED / src.archive if src.archive else None
+    if archive is not None and archive.exists():
+        images, labels, classes = _tar_images(archive, src.folders[split == "test"])
+        if not src.labelled:
+            labels = torch.full_like(labels, -1)
+        return images, labels, classes, f"../shared/data/{archive.name}" + (f" ({src.archive_note})"
+                                                                            if src.archive_note else "")
+    if name == "fashion-mnist" and DEBIAN_FASHION.exists():
+        return (*_fashion_debian(split), f"Debian's dataset-fashion-mnist ({DEBIAN_FASHION})")
+    try:
+        downloaded = _torchvision(name, split, root, download=True)
+    except Exception as err:  # noqa: BLE001 - any download failure gets the same advice
+        raise DataNotFoundError(f"data set {name!r} ({split}) is not in {root} (set OODNC_DATA or -p data_root "
+                                f"PATH) and could not be downloaded ({type(err).__name__}); {src.how}.") from None
+    return (*downloaded, f"torchvision download into {root}")
+
+
+def _tar_images(archive: Path, folder: str) -> tuple[Tensor, Tensor, list[str]]:
+    """Decode ``folder/<class>/<image>`` members of a tar archive in memory, sorted by (class, file name)."""
+    from PIL import Image
+
+    members: dict[tuple[str, str], bytes] = {}
+    with tarfile.open(archive) as tar:
+        for m in tar:
+            parts = m.name.strip("/").split("/")
+            if (m.isfile() and "/".join(parts[:-2]) == folder and len(parts) >= 2
+                    and parts[-1].lower().endswith(IMAGE_SUFFIXES)):
+                members[(parts[-2], parts[-1])] = tar.extractfile(m).read()
+    classes = sorted({c for c, _ in members})
+    index = {c: i for i, c in enumerate(classes)}
+    keys = sorted(members)
+    images = torch.stack([_pil_to_tensor(_open_image(io.BytesIO(members[k]), f"{archive}:{folder}/{'/'.join(k)}"))
+                          for k in tqdm(keys, desc=f"decoding {archive.name}:{folder}", leave=False)])
+    return images, torch.tensor([index[c] for c, _ in keys]), classes
+
+
+def _open_image(source, label: str):
+    """Open and fully decode an image; raise :class:`ImageDecodeError` naming ``label`` when it is unreadable."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        img = Image.open(source)
+        img.load()
+        return img
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
+        raise ImageDecodeError(f"cannot read image {label} ({err}); replace or delete the file, or pass "
+                               "-p skip_bad_images true to skip unreadable images.") from None
 
 
 def _nhwc_to_tensor(x: np.ndarray) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).contiguous()   # (N, 3, H, W)
-
-
-def _cached(path: Path, build) -> tuple[Tensor, Tensor, list[str]]:
-    """Decode once and keep ``(images, labels, classes)`` in the data root (outside the repository)."""
-    if path.exists():
-        blob = torch.load(path, weights_only=True)
-        return blob["images"], blob["labels"], list(blob["classes"])
-    images, labels, classes = build()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save({"images": images, "labels": labels, "classes": classes}, tmp)
-    tmp.replace(path)
-    return images, labels, classes
-
-
-def _real(name: str, split: str, root: Path) -> ImageSet:
-    cache = root / "tensors" / f"{name}-{split}.pt"
-    if name == "cifar10" and not cache.exists():
-        folder = _cifar10_jpeg_folder(root)
-        if folder is not None:
-            return _imagefolder(folder / split, None, name, cache=cache)
-    if name == "fashion-mnist" and not cache.exists() and DEBIAN_FASHION.exists():
-        images, labels, classes = _cached(cache, lambda: _fashion_debian(split))
-        return ImageSet(name, images, labels, classes)
-    images, labels, classes = _cached(cache, lambda: _torchvision(name, split, root))
-    return ImageSet(name, images, labels, classes)
-
-
-def _cifar10_jpeg_folder(root: Path) -> Path | None:
-    folder = root / "cifar10-jpeg"
-    if (folder / "train").is_dir() and (folder / "test").is_dir():
-        return folder
-    if SHARED_CIFAR10.exists():
-        tmp = root / "cifar10-jpeg.partial"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        with tarfile.open(SHARED_CIFAR10) as tar:
-            tar.extractall(tmp, filter="data")
-        tmp.replace(folder)
-        return folder
-    return None
 
 
 def _fashion_debian(split: str) -> tuple[Tensor, Tensor, list[str]]:
@@ -153,7 +303,8 @@ def _to_rgb32(x: Tensor) -> Tensor:
     return torch.cat(out).contiguous()
 
 
-def _torchvision(name: str, split: str, root: Path) -> tuple[Tensor, Tensor, list[str]]:
+def _torchvision(name: str, split: str, root: Path, download: bool) -> tuple[Tensor, Tensor, list[str]] | None:
+    """A set through torchvision: from files already in ``root`` (None when absent), or downloaded."""
     import torchvision.datasets as tvd
 
     train = split == "train"
@@ -164,18 +315,16 @@ def _torchvision(name: str, split: str, root: Path) -> tuple[Tensor, Tensor, lis
         "dtd": lambda d: tvd.DTD(root, split="train" if train else "test", download=d),
         "mnist": lambda d: tvd.MNIST(root, train=train, download=d),
         "fashion-mnist": lambda d: tvd.FashionMNIST(root, train=train, download=d),
+        "places365": lambda d: tvd.Places365(root, split="val", small=True, download=d),
     }
+    if name not in makers:
+        return None
     try:
-        ds = makers[name](False)
+        ds = makers[name](download)
     except (RuntimeError, FileNotFoundError):
-        try:
-            with _network_timeout(30.0):
-                ds = makers[name](True)
-        except Exception as err:  # noqa: BLE001 - any download failure gets the same advice
-            roots = f"{root} (set OODNC_DATA or -p data_root PATH)"
-            how = HOW_TO_GET.get(name, f"download it with torchvision on a machine with internet into {root}")
-            raise DataNotFoundError(f"data set {name!r} ({split}) not found in {roots} and could not be "
-                                    f"downloaded ({type(err).__name__}); {how}.") from None
+        if download:
+            raise
+        return None
     if hasattr(ds, "data") and isinstance(ds.data, np.ndarray | Tensor):
         x = torch.as_tensor(ds.data)
         x = x.permute(0, 3, 1, 2) if x.ndim == 4 and x.shape[-1] == 3 else x   # CIFAR is NHWC, SVHN NCHW
@@ -188,51 +337,51 @@ def _torchvision(name: str, split: str, root: Path) -> tuple[Tensor, Tensor, lis
     return images, labels, list(ds.classes)
 
 
-@contextmanager
-def _network_timeout(seconds: float) -> Iterator[None]:
-    """Give up on a silent network after ``seconds`` (torchvision's downloads set no timeout of their own)."""
-    old = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(seconds)
-    try:
-        yield
-    finally:
-        socket.setdefaulttimeout(old)
-
-
 def _pil_to_tensor(img) -> Tensor:
-    """Resize the shorter side to 32, centre-crop to 32×32, return (3, 32, 32) uint8."""
+    """Any PIL image (grey, palette, RGBA, CMYK, any size) → RGB, shorter side resized to 32, centre-cropped
+    to 32×32; returns (3, 32, 32) uint8."""
     from PIL import Image
 
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
     img = img.convert("RGB")
     w, h = img.size
-    s = SIZE / min(w, h)
-    img = img.resize((max(SIZE, round(w * s)), max(SIZE, round(h * s))), Image.BILINEAR)
-    w, h = img.size
-    left, top = (w - SIZE) // 2, (h - SIZE) // 2
-    img = img.crop((left, top, left + SIZE, top + SIZE))
+    if (w, h) != (SIZE, SIZE):
+        s = SIZE / min(w, h)
+        img = img.resize((max(SIZE, round(w * s)), max(SIZE, round(h * s))), Image.BILINEAR)
+        w, h = img.size
+        left, top = (w - SIZE) // 2, (h - SIZE) // 2
+        img = img.crop((left, top, left + SIZE, top + SIZE))
     return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
 
 
-def _imagefolder(path: Path, split: str | None, name: str, cache: Path | None = None) -> ImageSet:
+def _imagefolder(path: Path, split: str | None, name: str, skip_bad: bool = False) -> ImageSet:
+    """``PATH/<class>/<image>`` (or ``PATH/<split>/<class>/...``; images directly in PATH form one class)."""
     if split and (path / split).is_dir():
         path = path / split
     if not path.is_dir():
         raise DataNotFoundError(f"image folder {str(path)!r} does not exist; pass imagefolder:PATH with "
                                 "PATH/<class>/*.jpg|png.")
-
-    def build() -> tuple[Tensor, Tensor, list[str]]:
-        from PIL import Image
-
-        classes = sorted(p.name for p in path.iterdir() if p.is_dir())
-        files = [(f, c) for c, cls in enumerate(classes) for f in sorted((path / cls).iterdir())
-                 if f.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp")]
-        if not files:
-            raise DataNotFoundError(f"no images in {str(path)!r}; expected PATH/<class>/*.jpg|png.")
-        images = torch.stack([_pil_to_tensor(Image.open(f)) for f, _ in files])   # (N, 3, 32, 32)
-        return images, torch.tensor([c for _, c in files]), classes
-
-    images, labels, classes = _cached(cache, build) if cache else build()
-    return ImageSet(name, images, labels, classes)
+    classes = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    folders = [(path / c, i) for i, c in enumerate(classes)] or [(path, 0)]
+    files = [(f, c) for folder, c in folders for f in sorted(folder.iterdir())
+             if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
+    if not files:
+        raise DataNotFoundError(f"no images in {str(path)!r}; expected PATH/<class>/*.jpg|png.")
+    images, labels, bad = [], [], []
+    for f, c in files:
+        try:
+            images.append(_pil_to_tensor(_open_image(f, str(f))))
+            labels.append(c)
+        except ImageDecodeError:
+            if not skip_bad:
+                raise
+            bad.append(f.name)
+    if bad:
+        warnings.warn(f"skipped {len(bad)} unreadable image(s) in {path} (first: {bad[0]}).", stacklevel=3)
+    if not images:
+        raise DataNotFoundError(f"no readable images in {str(path)!r}.")
+    return ImageSet(name, torch.stack(images), torch.tensor(labels), classes or [path.name], f"folder {path}")
 
 
 # ------------------------------------------------------------------------------------------- splitting
@@ -329,3 +478,31 @@ def crop_flip(x: Tensor, params: Tensor, pad: int = 4) -> Tensor:
 def augment(x: Tensor, generator: torch.Generator, pad: int = 4) -> Tensor:
     """Random crop with ``pad``-pixel zero padding and random horizontal flip, for a whole batch."""
     return crop_flip(x, crop_flip_params(x.shape[0], generator, pad).to(x.device), pad)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m helpers.data [NAME ...] [--profile P]``: prepare the named real sets (or a profile's)."""
+    import argparse
+
+    from .config import make_config
+
+    parser = argparse.ArgumentParser(prog="python -m helpers.data", description=main.__doc__)
+    parser.add_argument("names", nargs="*", help=f"real sets: {', '.join(SOURCES)}")
+    parser.add_argument("--profile", default="cpu")
+    parser.add_argument("--data-root", default="")
+    args = parser.parse_args(argv)
+    cfg = make_config(args.profile, data_root=args.data_root)
+    unknown = [n for n in args.names if n not in SOURCES]
+    if unknown:
+        parser.error(f"unknown set {unknown[0]!r}; real sets are {', '.join(SOURCES)}.")
+    names = {n: ("test",) if not SOURCES[n].labelled else ("train", "test") for n in args.names} or None
+    try:
+        done = prepare(cfg, names)
+    except DataNotFoundError as err:
+        raise SystemExit(f"error: {err}") from None
+    if not done:
+        print(f"everything was already prepared in {cfg.data_dir()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -13,12 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .checkpoint import load as load_checkpoint
 from .config import Config
 from .data import ImageSet, Splits, normalize
+from .device import Precision
 from .model import build_model
 
 
@@ -38,20 +40,29 @@ class Features:
 
 @torch.no_grad()
 def extract(model: nn.Module, ds: ImageSet, mean: Tensor, std: Tensor, device: torch.device,
-            batch_size: int = 512, blocks: bool = False, progress: bool = False) -> Features:
-    """One pass of ``model`` (eval mode) over ``ds``; results as float32 CPU tensors."""
+            batch_size: int = 512, blocks: bool = False, progress: bool = False,
+            precision: str = "fp32") -> Features:
+    """One pass of ``model`` (eval mode) over ``ds``; results as float32 CPU tensors.
+
+    The convolutional body runs in ``precision`` (``auto``: the device's training precision); global pooling
+    and the last linear layer always run in float32, so logits and features carry no bf16 rounding.
+    """
     was_training = model.training
     model.eval()
+    amp = Precision.for_device(device, precision)
     images = ds.images.to(device, non_blocking=True)
+    mean, std = mean.to(device), std.to(device)                          # once, not per batch
+    weight, bias = model.fc.weight.float(), model.fc.bias.float()
     channels_last = device.type == "cuda"
     outs: list = []
     for start in tqdm(range(0, len(ds), batch_size), desc=f"features {ds.name}", disable=not progress, leave=False):
         x = normalize(images[start:start + batch_size], mean, std)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            out = model.run(x, blocks=blocks)
-        outs.append((out.logits.float(), out.features.float(), [b.float() for b in out.blocks] if blocks else None))
+        with amp.autocast():
+            fmap, pooled = model.body(x, blocks)
+        h = fmap.float().mean((2, 3))                                    # (B, D) in float32
+        outs.append((F.linear(h, weight, bias), h, [b.float() for b in pooled] if blocks else None))
     model.train(was_training)
     logits = torch.cat([o[0] for o in outs]).cpu()                       # (N, K)
     feats = torch.cat([o[1] for o in outs]).cpu()                        # (N, D)

@@ -67,13 +67,18 @@ class ResNet18(nn.Module):
     def block_dims(self) -> list[int]:
         return [b.conv2.out_channels for b in self.blocks]
 
-    def run(self, x: Tensor, blocks: bool = False) -> Outputs:
-        """Forward pass returning logits, penultimate features and (optionally) pooled block outputs."""
+    def body(self, x: Tensor, blocks: bool = False) -> tuple[Tensor, list[Tensor]]:
+        """The convolutional part: last feature map (B, D, 4, 4) and, when asked, each block's pooled output."""
         out, pooled = self.stem(x), []
         for block in self.blocks:
             out = block(out)
             if blocks:
                 pooled.append(out.mean((2, 3)))                         # (B, C_l)
+        return out, pooled
+
+    def run(self, x: Tensor, blocks: bool = False) -> Outputs:
+        """Forward pass returning logits, penultimate features and (optionally) pooled block outputs."""
+        out, pooled = self.body(x, blocks)
         h = out.mean((2, 3))                                           # (B, D)
         return Outputs(self.fc(h), h, pooled if blocks else None)
 

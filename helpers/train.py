@@ -9,6 +9,7 @@ random draw of the data pipeline comes from one seeded generator whose state eac
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from tqdm.auto import tqdm
 from . import checkpoint as ckpt
 from .config import Config, resolve_device
 from .data import ImageSet, Splits, crop_flip, crop_flip_params, id_splits, normalize
+from .device import Precision, configure_backends, device_name
 from .features import extract
 from .model import ResNet18, build_model
 
@@ -51,13 +53,37 @@ def evaluate(model: ResNet18, ds: ImageSet, splits: Splits, device: torch.device
     return loss, (out.logits.argmax(1) == out.labels).float().mean().item()
 
 
-def train_epoch(model: nn.Module, images: Tensor, labels: Tensor, splits: Splits, opt: torch.optim.Optimizer,
-                generator: torch.Generator, cfg: Config, device: torch.device) -> tuple[float, float]:
-    """One pass over the device-resident training set; returns (mean loss, accuracy) on augmented batches."""
+class TrainingDivergedError(RuntimeError):
+    """The loss became non-finite or exploded; no checkpoint of the diverged state was written."""
+
+
+def augments_at(cfg: Config, epoch: int) -> bool:
+    """Whether ``epoch`` (1-based) trains on augmented images: all epochs but the last ``plain_epochs``."""
+    return cfg.augment and epoch <= cfg.epochs - cfg.plain_epochs
+
+
+def check_divergence(epoch: int, loss: float, first_loss: float | None, lr: float, num_classes: int) -> None:
+    """Stop when the epoch's mean loss is not finite or exceeds 10× max(first epoch's loss, log K)."""
+    ceiling = 10 * max(first_loss if first_loss is not None else 0.0, math.log(num_classes))
+    if not math.isfinite(loss) or loss > ceiling:
+        raise TrainingDivergedError(
+            f"training diverged at epoch {epoch}: mean loss {loss:.3g} (limit {ceiling:.3g}) at lr {lr:g}; "
+            "no checkpoint of this state was written, earlier ones are intact; lower -p lr (e.g. by 10x).")
+
+
+def train_epoch(model: nn.Module, images: Tensor, labels: Tensor, stats: tuple[Tensor, Tensor],
+                opt: torch.optim.Optimizer, generator: torch.Generator, cfg: Config, device: torch.device,
+                augment: bool, amp: Precision | None = None) -> tuple[float, float]:
+    """One pass over the device-resident training set; returns (mean loss, accuracy) on the batches seen.
+
+    ``stats`` = (mean, std) already on ``device``; the epoch's random draws reach the device in one transfer,
+    so nothing inside the step loop waits for the host.
+    """
+    amp = amp or Precision.for_device(device, "fp32")
     model.train()
     n = images.shape[0]
     order = torch.randperm(n, generator=generator).to(device)
-    if cfg.augment:                                                   # one epoch of random draws, one transfer
+    if augment:                                                       # one epoch of random draws, one transfer
         params = crop_flip_params(n, generator).to(device, non_blocking=True)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
@@ -65,24 +91,24 @@ def train_epoch(model: nn.Module, images: Tensor, labels: Tensor, splits: Splits
     for start in range(0, n - cfg.batch_size + 1, cfg.batch_size):    # drop the last partial batch (BatchNorm)
         idx = order[start:start + cfg.batch_size]
         x, y = images[idx], labels[idx]
-        if cfg.augment:
+        if augment:
             x = crop_flip(x, params[start:start + cfg.batch_size])
-        x = normalize(x, splits.mean, splits.std)
+        x = normalize(x, *stats)
         if device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with amp.autocast():
             logits = model(x)
             loss = F.cross_entropy(logits, y)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        amp.backward_step(loss, opt)
         loss_sum += loss.detach().float() * y.shape[0]
         correct += (logits.argmax(1) == y).sum()
         seen += y.shape[0]
     return (loss_sum / seen).item(), (correct.float() / seen).item()
 
 
-def _resume(cfg: Config, model: nn.Module, opt, sched, generator: torch.Generator, num_classes: int):
+def _resume(cfg: Config, model: nn.Module, opt, sched, generator: torch.Generator, num_classes: int,
+            amp: Precision):
     """Restore the latest complete checkpoint; returns (epoch, history)."""
     found = ckpt.list_checkpoints(checkpoint_dir(cfg))
     if not found:
@@ -94,6 +120,8 @@ def _resume(cfg: Config, model: nn.Module, opt, sched, generator: torch.Generato
     opt.load_state_dict(blob["optimizer"])
     sched.load_state_dict(blob["scheduler"])
     generator.set_state(blob["generator"])
+    if amp.scaler is not None and blob.get("scaler"):
+        amp.scaler.load_state_dict(blob["scaler"])
     return epoch, list(blob["history"])
 
 
@@ -102,7 +130,8 @@ def fit(cfg: Config, splits: Splits | None = None, device: torch.device | None =
     """Train ``cfg`` to its last epoch, resuming from the latest complete checkpoint; returns (model, history).
 
     Checkpoints are saved at :func:`helpers.checkpoint.checkpoint_epochs` and hold the config, the history,
-    the model, the optimiser, the schedule and the data generator's state.
+    the model, the optimiser, the schedule, the gradient scaler and the data generator's state. A diverging
+    loss stops training before any checkpoint of the diverged state is written.
     """
     device = device or resolve_device(cfg)
     splits = splits or id_splits(cfg)
@@ -113,31 +142,43 @@ def fit(cfg: Config, splits: Splits | None = None, device: torch.device | None =
     K = splits.num_classes
     model = make_model(cfg, K, device)
     opt, sched = make_optimiser(cfg, model)
+    amp = Precision.for_device(device, cfg.precision)
     generator = torch.Generator().manual_seed(cfg.seed)
-    start, history = _resume(cfg, model, opt, sched, generator, K)
-    step_model = torch.compile(model) if cfg.compile else model
-    pin = device.type == "cuda"
-    images = (splits.train.images.pin_memory() if pin else splits.train.images).to(device, non_blocking=True)
-    labels = splits.train.labels.to(device)
+    start, history = _resume(cfg, model, opt, sched, generator, K, amp)
+    if progress and start < cfg.epochs:
+        backend = configure_backends(cfg, device)
+        print(f"training on {device_name(device)} in {amp.name} ({amp.reason}){', ' + backend if backend else ''}")
+    step_model = torch.compile(model, mode=cfg.compile_mode) if cfg.compile else model
+    images, labels = _to_device(splits.train, device)
+    stats = (splits.mean.to(device), splits.std.to(device))
     save_at = set(ckpt.checkpoint_epochs(cfg.epochs, cfg.checkpoint_every))
     bar = tqdm(range(start + 1, cfg.epochs + 1), desc="training", disable=not progress, initial=start,
                total=cfg.epochs)
     for epoch in bar:
         lr = opt.param_groups[0]["lr"]
-        train_loss, train_acc = train_epoch(step_model, images, labels, splits, opt, generator, cfg, device)
+        train_loss, train_acc = train_epoch(step_model, images, labels, stats, opt, generator, cfg, device,
+                                            augments_at(cfg, epoch), amp)
+        check_divergence(epoch, train_loss, history[0]["train_loss"] if history else None, lr, K)
         sched.step()
         val_loss, val_acc = evaluate(model, splits.val, splits, device, cfg.eval_batch_size)
         test_loss, test_acc = evaluate(model, splits.test, splits, device, cfg.eval_batch_size)
         history.append(dict(epoch=epoch, lr=lr, train_loss=train_loss, train_acc=train_acc, val_loss=val_loss,
                             val_acc=val_acc, test_loss=test_loss, test_acc=test_acc))
-        bar.set_postfix(train_acc=f"{train_acc:.3f}", test_acc=f"{test_acc:.3f}")
+        bar.set_postfix(loss=f"{train_loss:.3f}", train_acc=f"{train_acc:.3f}", test_acc=f"{test_acc:.3f}")
         if epoch in save_at:
             ckpt.save_atomic(dict(epoch=epoch, config=cfg.to_dict(), num_classes=K, history=history,
                                   mean=splits.mean, std=splits.std, model=model.state_dict(),
                                   optimizer=opt.state_dict(), scheduler=sched.state_dict(),
+                                  scaler=amp.scaler.state_dict() if amp.scaler else None,
                                   generator=generator.get_state()),
                              checkpoint_dir(cfg) / f"epoch-{epoch:04d}.pt")
     return model, history
+
+
+def _to_device(ds: ImageSet, device: torch.device) -> tuple[Tensor, Tensor]:
+    """The whole set's uint8 images and labels on ``device`` (pinned for one asynchronous copy on CUDA)."""
+    images = ds.images.pin_memory() if device.type == "cuda" else ds.images
+    return images.to(device, non_blocking=True), ds.labels.to(device)
 
 
 def load_model(path: Path, cfg: Config, num_classes: int, device: torch.device) -> ResNet18:
