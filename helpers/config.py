@@ -75,10 +75,10 @@ class Config:
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
     def run_dir(self) -> Path:
-        """Artifacts of this configuration: ``<artifacts>/<profile>-<id>-s<seed>-<key>``."""
-        root = Path(self.artifacts or os.environ.get("OODNC_ARTIFACTS") or REPO_ROOT / "artifacts")
-        ident = self.id_dataset.replace("imagefolder:", "").strip("/").replace("/", "_")[-24:]
-        return root / f"{self.profile}-{ident}-s{self.seed}-{self.key()}"
+        """Artifacts of this configuration: ``<artifacts>/<profile>-<id>-s<seed>-<key>`` (see :mod:`helpers.artifacts`)."""
+        from .artifacts import RunPaths
+
+        return RunPaths.of(self).root
 
     def data_dir(self) -> Path:
         return Path(self.data_root or os.environ.get("OODNC_DATA") or Path.home() / ".cache" / "oodnc")
