@@ -6,16 +6,21 @@ Notation follows the book's chapter "Neural collapse": ``h`` features (N, D), ``
 
 Conventions:
 
-* ``mu_G`` is the mean of all samples (``ClassStats.global_mean``), as in Papyan et al.; with
-  balanced classes it equals the mean of the class means.
+* ``mu_G`` is the mean of all samples (``ClassStats.global_mean``), as Papyan et al. define it; with
+  balanced classes it equals the mean of the class means (which their reference code averages).
 * Every metric tends to 0 under collapse, except the accuracies.
-* Inputs are converted to float64 (``stats.as_tensor``, which also rejects NaN/inf).
+* Inputs are converted to float64 (``stats.as_tensor``, which also rejects NaN/inf); labels go through
+  the one label check ``stats.as_labels``.
 * Batch (``nc_metrics``) and streaming (``nc_metrics_from_stats``) feed the same metric functions,
   so both give the same numbers up to rounding.
 * Degenerate geometry (two identical class means, a zero centred mean) gives ``inf`` or ``nan``
   rather than an error, so a loop over layers or checkpoints keeps running.
 
-Nothing here calls a model; loops over layers or checkpoints live in the notebooks.
+Figures cited are those of Papyan, Han & Donoho (2020): Fig. 2 equinorm, Fig. 3 Std of the cosines,
+Fig. 4 maximal-angle equiangularity, Fig. 5 self-duality, Fig. 6 NC1, Fig. 7 NCC mismatch (NC4).
+
+The module holds pure functions on cached tensors: nothing here calls a model or loops over
+checkpoints or layers; that sweep belongs to the orchestration layer, which calls these functions.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from helpers.stats import (
     as_labels,
     as_tensor,
     class_means,
+    class_variances,
     within_class_cov,
 )
 
@@ -51,11 +57,6 @@ def _check_num_classes(K: int) -> None:
         raise ValueError(f"neural-collapse metrics need at least two classes; got K={K}.")
 
 
-def _check_labels(y: Tensor, K: int) -> None:
-    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= K):
-        raise ValueError(f"labels must lie in [0, {K}); got {int(y.min())}..{int(y.max())}.")
-
-
 def _check_weight(W: Tensor, K: int, D: int) -> None:
     if W.ndim != 2 or W.shape != (K, D):
         raise ValueError(
@@ -63,8 +64,11 @@ def _check_weight(W: Tensor, K: int, D: int) -> None:
         )
 
 
-def _infer_num_classes(num_classes: int | None, W: Tensor | None, z: Tensor | None, y: Tensor) -> int:
-    """K from ``num_classes``, the rows of ``W`` or the columns of the logits, which must agree."""
+def _labels_and_classes(
+    labels: ArrayLike, n: int, num_classes: int | None, W: Tensor | None, z: Tensor | None, name: str = "labels"
+) -> tuple[Tensor, int]:
+    """Checked labels y (N,) and K: ``num_classes``, the rows of ``W`` or the logits' columns (which must
+    agree), else max label + 1."""
     given = {
         "num_classes": num_classes,
         "fc_weight rows": None if W is None else W.shape[0],
@@ -73,9 +77,12 @@ def _infer_num_classes(num_classes: int | None, W: Tensor | None, z: Tensor | No
     sizes = {k: int(v) for k, v in given.items() if v is not None}
     if len(set(sizes.values())) > 1:
         raise ValueError(f"inconsistent number of classes: {sizes}; they must all equal K.")
-    K = next(iter(sizes.values())) if sizes else (int(y.max()) + 1 if y.numel() else 0)
+    K = next(iter(sizes.values()), None)
+    y = as_labels(labels, n, K, name)                                    # (N,)
+    if K is None:
+        K = int(y.max()) + 1 if y.numel() else 0
     _check_num_classes(K)
-    return K
+    return y, K
 
 
 # --------------------------------------------------------------------------- geometry helpers
@@ -136,17 +143,19 @@ def simplex_etf(K: int, D: int | None = None) -> Tensor:
 
 
 def nc1(sigma_w: Tensor, means: Tensor, mu_g: Tensor) -> float:
-    """Within-class variability collapse NC1 = Tr(Sigma_W Sigma_B^+) / K.
+    """Within-class variability collapse NC1 = Tr(Sigma_W Sigma_B^+) / K, an inverse signal-to-noise ratio.
 
-    Derived in the book, chapter "Neural collapse" (eq. eq-nc1, with eq. eq-sigma-w and eq. eq-sigma-b);
-    Papyan et al. (2020), Figure 6.
+    Derived in the book, chapter "Neural collapse" (eq. eq-nc1, eq. eq-nc1-snr, with eq. eq-sigma-w and
+    eq. eq-sigma-b); Papyan et al. (2020), Figure 6, which plots Tr(Sigma_W Sigma_B^+ / C). (Their
+    reference code logs the trace without the 1/C.)
 
     Sigma_B^+ is the pseudo-inverse restricted to the top K-1 eigenpairs of Sigma_B. Because
-    sum_c n_c (mu_c - mu_G) = 0, Sigma_B has rank at most K-1; its K-th eigenvalue is rounding
+    sum_c n_c (mu_c - mu_G) = 0, rank Sigma_B <= min(D, K-1) (eq. eq-rank-sigma-b): Sigma_B is singular
+    whenever D > K-1 and can be invertible when D <= K-1. With D >= K its K-th eigenvalue is rounding
     noise (~1e-16 relative), and inverting it, as a pinv with a loose cut could, would make NC1
     explode. Eigenvalues below the numerical rank (s < s_max * max(K, D) * eps, as in numpy's
-    matrix_rank) are dropped too, e.g. when D < K-1 or class means coincide. The eigenpairs come from
-    the SVD of the centred means: Sigma_B = M~^T M~ / K = V diag(s^2 / K) V^T, so
+    matrix_rank) are dropped too, e.g. when class means coincide. The eigenpairs come from the SVD of
+    the centred means: Sigma_B = M~^T M~ / K = V diag(s^2 / K) V^T, so
     Tr(Sigma_W Sigma_B^+) = sum_j K v_j^T Sigma_W v_j / s_j^2. Returns inf if Sigma_B = 0.
 
     Args:
@@ -170,7 +179,8 @@ def cdnv(means: Tensor, variances: Tensor) -> float:
 
     Derived in the book, chapter "Neural collapse" (eq. eq-cdnv); Galanti, Gyorgy & Hutter (ICLR 2022).
     s_c^2 = (1/n_c) sum_{i: y_i = c} ||h_i - mu_c||^2 is the per-class variance
-    (``ClassStats.class_variances``). Two identical class means give inf.
+    (``stats.class_variances``, streamed by ``ClassStats.class_variances``). Two identical class
+    means give inf.
 
     Args:
         means: class means mu_c, (K, D).
@@ -182,23 +192,26 @@ def cdnv(means: Tensor, variances: Tensor) -> float:
 
 
 def nc2_equinorm(V: Tensor) -> float:
-    """Equinorm deviation Std_c ||v_c|| / Avg_c ||v_c|| of rows v_c (population std).
+    """Equinorm deviation Std_c ||v_c|| / Avg_c ||v_c|| of rows v_c, with the unbiased std (divisor K-1).
 
-    Derived in the book, chapter "Neural collapse" (eq. eq-nc2-equinorm); Papyan et al. (2020), Figure 2.
+    Derived in the book, chapter "Neural collapse" (eq. eq-nc2-equinorm); Papyan et al. (2020), Figure 2
+    (coefficient of variation of the norms). The unbiased std is what their reference code computes
+    (``torch.std``); the population std would be smaller by the factor sqrt((K-1)/K).
     Pass the centred means mu_c - mu_G (NC2 for features) or the classifier rows w_c.
 
     Args:
         V: rows, (K, D).
     """
     norms = V.norm(dim=1)                                                # (K,)
-    return float(norms.std(correction=0) / norms.mean())
+    return float(norms.std(correction=1) / norms.mean())
 
 
 def nc2_equiangular(V: Tensor) -> float:
-    """Equiangularity deviation ``Avg_{c != c'} abs(cos(v_c, v_c') + 1/(K-1))``.
+    """Maximal-angle equiangularity ``Avg_{c != c'} abs(cos(v_c, v_c') + 1/(K-1))``.
 
     Derived in the book, chapter "Neural collapse" (eq. eq-nc2-equiangular); Papyan et al. (2020),
-    Figure 3. Zero exactly for a simplex ETF (eq. eq-etf).
+    Figure 4 ("maximal-angle equiangularity"; their Figure 3 plots the Std of the same cosines, which
+    is not computed here). Zero exactly when the rows, normalised, form a simplex ETF (eq. eq-etf).
 
     Args:
         V: rows, (K, D): centred means mu_c - mu_G or classifier rows w_c.
@@ -208,11 +221,12 @@ def nc2_equiangular(V: Tensor) -> float:
 
 
 def nc2_maxangle(V: Tensor) -> float:
-    """Maximal-angle deviation Avg_c max_{c' != c} cos(v_c, v_c') + 1/(K-1).
+    """Nearest-neighbour angle deviation Avg_c max_{c' != c} cos(v_c, v_c') + 1/(K-1).
 
-    Papyan et al. (2020), Figure 5: the ETF has the largest possible smallest angle, and then
-    every nearest neighbour sits at cosine -1/(K-1). The shift by 1/(K-1) makes it 0 at the ETF
-    and >= 0 for any K vectors (variant of eq. eq-nc2-equiangular in the book, chapter "Neural collapse").
+    The project's own measure, not a figure of Papyan et al. (2020); defined in the book, chapter
+    "Neural collapse" (eq. eq-nc2-maxangle). Each row maximum is at least the row's average cosine,
+    and the average cosine of K unit vectors is at least -1/(K-1), so the value is >= 0, with
+    equality exactly when the normalised rows form a simplex ETF (eq. eq-etf).
 
     Args:
         V: rows, (K, D).
@@ -225,7 +239,7 @@ def nc2_maxangle(V: Tensor) -> float:
 def nc3(W: Tensor, means: Tensor, mu_g: Tensor) -> float:
     """Self-duality NC3 = || W / ||W||_F - M~ / ||M~||_F ||_F^2, with M~ = mu_c - mu_G stacked as rows.
 
-    Derived in the book, chapter "Neural collapse" (eq. eq-nc3); Papyan et al. (2020), Figure 4.
+    Derived in the book, chapter "Neural collapse" (eq. eq-nc3); Papyan et al. (2020), Figure 5.
     Both W and M~ are (K, D), row c belonging to class c.
 
     Args:
@@ -306,14 +320,6 @@ def ncc_predict(features: ArrayLike, means: ArrayLike, chunk_size: int = 8192) -
     return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long, device=h.device)
 
 
-def _class_variances(h: Tensor, y: Tensor, means: Tensor) -> Tensor:
-    """Per-class variance s_c^2 = (1/n_c) sum_{i: y_i = c} ||h_i - mu_c||^2, (K,), from centred features."""
-    K = means.shape[0]
-    sq = ((h - means[y]) ** 2).sum(1)                                    # (N,)
-    counts = torch.bincount(y, minlength=K).to(h.dtype)                  # (K,)
-    return torch.zeros(K, dtype=h.dtype, device=h.device).index_add_(0, y, sq) / counts
-
-
 def _predictions(h: Tensor, y: Tensor, means: Tensor, z: Tensor | None) -> dict[str, float]:
     """NCC accuracy, and with logits the network accuracy and NC4 (eq. eq-nc4)."""
     ncc = ncc_predict(h, means)                                          # (N,)
@@ -342,7 +348,12 @@ def nc_metrics(
         (share of samples whose nearest class mean is their label) always. With ``fc_weight``:
         ``nc2_equinorm_w``, ``nc2_equiangular_w``, ``nc2_maxangle_w`` and ``nc3``. With ``logits``:
         ``accuracy`` (argmax logits = label) and ``nc4`` (share of samples where argmax logits differs
-        from the nearest-class-mean prediction). For earlier layers pass ``logits`` without ``fc_weight``.
+        from the nearest-class-mean prediction; Papyan et al. (2020), Figure 7). For earlier layers pass
+        ``logits`` without ``fc_weight``.
+
+    NC4 -> 0 follows from NC2 and NC3 only if the biases are b_c = -w_c^T mu_G + const
+    (eq. eq-nc4-bias); with equal biases and mu_G not orthogonal to the class-mean span the two
+    rules can disagree even under exact NC2/NC3 geometry.
 
     The class statistics are computed from centred features (``stats.class_means``,
     ``within_class_cov``) and fed to the same metric functions as ``nc_metrics_from_stats``.
@@ -355,18 +366,17 @@ def nc_metrics(
         num_classes: K; default the rows of W, the columns of the logits, else max label + 1.
     """
     h = _as_features(features)                                           # (N, D)
-    y = as_labels(labels, h.shape[0]).to(h.device)                      # (N,)
     W = None if fc_weight is None else as_tensor(fc_weight, "fc_weight").to(h.device)
     z = None if logits is None else as_tensor(logits, "logits").to(h.device)
-    K = _infer_num_classes(num_classes, W, z, y)
-    _check_labels(y, K)
+    y, K = _labels_and_classes(labels, h.shape[0], num_classes, W, z)
+    y = y.to(h.device)                                                   # (N,)
     if W is not None:
         _check_weight(W, K, h.shape[1])
     if z is not None and z.shape != (h.shape[0], K):
         raise ValueError(f"logits have shape {tuple(z.shape)}, expected (N, K) = ({h.shape[0]}, {K}).")
     means = class_means(h, y, K)                                         # (K, D)
     sigma_w = within_class_cov(h, y, means)                              # (D, D)
-    out = _geometry(means, h.mean(0), sigma_w, _class_variances(h, y, means), W)
+    out = _geometry(means, h.mean(0), sigma_w, class_variances(h, y, means), W)
     return out | _predictions(h, y, means, z)
 
 
@@ -378,14 +388,13 @@ def _id_ood_inputs(
 ) -> tuple[Tensor, Tensor, Tensor, int]:
     """Checked ID features h (N, D), labels y (N,), OOD features (N_ood, D) and K."""
     h = _as_features(id_features, "id_features")                         # (N, D)
-    y = as_labels(id_labels, h.shape[0]).to(h.device)                   # (N,)
+    y, K = _labels_and_classes(id_labels, h.shape[0], num_classes, None, None, "id_labels")
+    y = y.to(h.device)                                                   # (N,)
     ood = _as_features(ood_features, "ood_features").to(h.device)       # (N_ood, D)
     if ood.shape[0] == 0:
         raise ValueError("ood_features is empty; pass at least one OOD feature row.")
     if ood.shape[1] != h.shape[1]:
         raise ValueError(f"ood_features have D={ood.shape[1]} but id_features have D={h.shape[1]}; they must match.")
-    K = _infer_num_classes(num_classes, None, None, y)
-    _check_labels(y, K)
     return h, y, ood, K
 
 
@@ -409,13 +418,17 @@ def nc5(id_features: ArrayLike, id_labels: ArrayLike, ood_features: ArrayLike, n
     """ID/OOD orthogonality NC5 (OrthoDev) = ``Avg_c abs(cos(mu_c, mu_G^OOD))`` on uncentred means.
 
     Derived in the book, chapter "Neural collapse" (eq. eq-nc5); Ben Ammar et al., "NECO: NEural
-    Collapse Based Out-of-distribution detection" (ICLR 2024), Section 4. mu_c are the ID class
-    means and mu_G^OOD the mean of the OOD features; no centring, as in the paper. NC5 -> 0 means
-    the OOD mean is orthogonal to every ID class mean.
+    Collapse Based Out-of-distribution detection" (ICLR 2024), Section 4. mu_c are the (uncentred)
+    ID class means and mu_G^OOD the (uncentred) mean of the OOD features, as in the paper. NC5 = 0
+    means the OOD *mean* is orthogonal to every ID class mean. It is a statement about one mean
+    vector, not about each OOD feature, and not about the centred geometry NECO uses: NC5 = 0
+    implies ``nc5_centred`` = 0 only when mu_G is orthogonal to the centred class means
+    (eq. eq-nc5-implies), and neither implies a small NECO score for each OOD feature
+    (eq. eq-neco-need in the book).
 
     Note: for non-negative (post-ReLU) features every uncentred cosine is >= 0, and typically well
     above 0 because all features share the positive orthant, so uncentred NC5 cannot reach 0 in
-    practice. ``nc5_centred`` (eq. eq-nc5-centred) removes this common offset.
+    practice.
 
     Args:
         id_features: ID features h, (N, D).
@@ -432,10 +445,15 @@ def nc5_centred(
 ) -> float:
     """Centred NC5 = ``Avg_c abs(cos(mu_c - mu_G, mu_G^OOD - mu_G))``, all means centred on the ID global mean.
 
-    Derived in the book, chapter "Neural collapse" (eq. eq-nc5-centred); a centred variant of the
-    OrthoDev of Ben Ammar et al. (ICLR 2024). Centring on mu_G (mean of all ID features) removes
-    the offset that all non-negative features share, so 0 is reachable: the OOD mean then sits in
-    the orthogonal complement of the centred class means, the subspace NECO projects out.
+    Derived in the book, chapter "Neural collapse" (eq. eq-nc5-centred); the project's centred variant
+    of the OrthoDev of Ben Ammar et al. (ICLR 2024), not the paper's NC5 (that is ``nc5``). Centring on
+    mu_G (mean of all ID features) removes the offset that all non-negative features share, so 0 is
+    reachable. It is 0 exactly when the OOD mean offset mu_G^OOD - mu_G is orthogonal to
+    S = span{mu_c - mu_G}, the (K-1)-dimensional ETF subspace whose share of a centred feature is the
+    NECO score. What NECO needs is stronger: each centred OOD feature h - mu_G nearly orthogonal to S
+    (eq. eq-neco-need). Small per-feature NECO ratios force a small centred NC5, but not conversely:
+    OOD features spread inside S around a mean offset orthogonal to S give 0 here and NECO ratios
+    near 1.
 
     Args:
         id_features: ID features h, (N, D).

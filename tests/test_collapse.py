@@ -8,6 +8,8 @@ import torch
 
 from helpers.collapse import (
     gram,
+    nc2_equinorm,
+    nc2_maxangle,
     nc5,
     nc5_centred,
     nc_metrics,
@@ -160,7 +162,24 @@ def test_cdnv_and_nc2_match_direct_formulas():
     norms = W.norm(dim=1).numpy()
     assert m["cdnv"] == pytest.approx(float(torch.stack(ratios).mean()), rel=1e-10)
     assert m["nc2_equiangular"] == pytest.approx(float(torch.stack(devs).mean()), rel=1e-10)
-    assert m["nc2_equinorm_w"] == pytest.approx(norms.std() / norms.mean(), rel=1e-10)
+    assert m["nc2_equinorm_w"] == pytest.approx(norms.std(ddof=1) / norms.mean(), rel=1e-10)  # unbiased, as Papyan
+
+
+def test_nc2_equinorm_uses_unbiased_std_as_papyan_reference_code():
+    # norms 1, 2, 3: unbiased std 1, mean 2 -> 0.5 (the population std would give sqrt(2/3)/2 = 0.408)
+    V = torch.diag(torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))  # (K, D) orthogonal rows
+    assert nc2_equinorm(V) == pytest.approx(0.5, rel=1e-12)
+    h, y, _, _ = _collapsed(K=3, D=5)
+    W = torch.tensor([[1.0, 0, 0, 0, 0], [0, -2.0, 0, 0, 0], [0, 0, 0, 3.0, 0]], dtype=torch.float64)
+    assert nc_metrics(h, y, W)["nc2_equinorm_w"] == pytest.approx(0.5, rel=1e-12)
+
+
+def test_nc2_maxangle_is_project_measure_with_known_values():
+    assert nc2_maxangle(simplex_etf(5, 7)) == pytest.approx(0.0, abs=1e-12)
+    # orthonormal rows: every nearest-neighbour cosine is 0, so the value is 0 + 1/(K-1)
+    assert nc2_maxangle(torch.eye(4, dtype=torch.float64)) == pytest.approx(1 / 3, rel=1e-12)
+    V = torch.randn(6, 4, generator=_gen(12), dtype=torch.float64)
+    assert nc2_maxangle(V) > 0                                           # >= 0 for any K vectors
 
 
 def test_ncc_predict_matches_direct_distances_across_chunks():
@@ -169,6 +188,89 @@ def test_ncc_predict_matches_direct_distances_across_chunks():
     direct = torch.cdist(h, means).argmin(dim=1)
     torch.testing.assert_close(ncc_predict(h, means, chunk_size=7), direct)
     torch.testing.assert_close(ncc_predict(h, means), direct)
+
+
+# --------------------------------------------------------------------------- NC1 as inverse SNR, rank of Sigma_B
+
+
+def _balanced_with_exact_means(M: torch.Tensor, n: int, noise: float, seed: int):
+    """Features M[y] + within-class noise whose class means are exactly the rows of M (K, D)."""
+    K, D = M.shape
+    y = torch.arange(K).repeat_interleave(n)
+    e = noise * torch.randn(K * n, D, generator=_gen(seed), dtype=torch.float64)
+    e = e - torch.stack([e[y == c].mean(0) for c in range(K)])[y]       # zero class means
+    return M[y] + e, y
+
+
+def test_nc1_two_classes_in_one_dimension_equals_sigma_squared_over_two():
+    sigma = 0.3                                                          # book exercise ex-collapse-nc1
+    h = torch.tensor([-1 - sigma, -1 + sigma, 1 - sigma, 1 + sigma], dtype=torch.float64)[:, None]
+    y = torch.tensor([0, 0, 1, 1])
+    assert nc_metrics(h, y)["nc1"] == pytest.approx(sigma**2 / 2, rel=1e-12)
+
+
+def test_nc1_is_within_over_between_an_inverse_snr():
+    M = simplex_etf(4, 6) @ _rotation(6, 1)                              # (K, D)
+    h, y = _balanced_with_exact_means(M, n=50, noise=0.5, seed=2)
+    base = nc_metrics(h, y)["nc1"]
+    spread = nc_metrics(M[y] + 2 * (h - M[y]), y)["nc1"]                 # within-class noise x2
+    apart = nc_metrics(3 * M[y] + (h - M[y]), y)["nc1"]                  # class means 3x further apart
+    assert spread == pytest.approx(4 * base, rel=1e-10)
+    assert apart == pytest.approx(base / 9, rel=1e-10)                   # more signal -> smaller NC1
+
+
+@pytest.mark.parametrize("K, D", [(10, 5), (8, 7), (5, 10), (5, 4)])
+def test_rank_of_sigma_b_is_min_of_d_and_k_minus_1(K, D):
+    means = torch.randn(K, D, generator=_gen(K * 100 + D), dtype=torch.float64)  # random class means
+    h, y = _balanced_with_exact_means(means, n=30, noise=1.0, seed=3)
+    hn, M = h.numpy(), (means - means.mean(0)).numpy()
+    sigma_b = M.T @ M / K                                                # (D, D)
+    assert np.linalg.matrix_rank(sigma_b) == min(D, K - 1)
+    invertible = D <= K - 1                                              # full rank D exactly then
+    assert (np.linalg.eigvalsh(sigma_b).min() > 1e-8 * np.linalg.eigvalsh(sigma_b).max()) == invertible
+    if invertible:                                                       # the plain inverse exists and NC1 uses it
+        centred = hn - means.numpy()[y.numpy()]
+        sigma_w = centred.T @ centred / len(hn)
+        expected = np.trace(sigma_w @ np.linalg.inv(sigma_b)) / K
+        assert nc_metrics(h, y)["nc1"] == pytest.approx(expected, rel=1e-9)
+
+
+# --------------------------------------------------------------------------- NC4 and the classifier's bias
+
+
+def _exact_nc2_nc3(K: int = 10, D: int = 16, offset: float = 3.0, seed: int = 0):
+    """Exact NC2/NC3 geometry with mu_G != 0: features, labels, W = lambda M~ and mu_G.
+
+    The centred means are a scaled, rotated simplex ETF, W = 0.5 M~ (NC3 with lambda = 0.5), and
+    mu_G has a component along the class-mean span (along mu_1 - mu_G) plus a random part.
+    """
+    M = 3.0 * simplex_etf(K, D) @ _rotation(D, seed)                     # (K, D) centred means
+    mu_g = offset * M[0] / M[0].norm() + torch.randn(D, generator=_gen(seed + 1), dtype=torch.float64)
+    h, y = _balanced_with_exact_means(mu_g + M, n=200, noise=1.0, seed=seed + 2)
+    return h, y, 0.5 * M, mu_g
+
+
+def test_nc4_zero_when_bias_is_minus_w_mu_g():
+    h, y, W, mu_g = _exact_nc2_nc3()
+    m = nc_metrics(h, y, W, h @ W.T - W @ mu_g)                          # b = -W mu_G (eq-nc4-bias)
+    assert m["nc2_equinorm"] < 1e-12 and m["nc2_equiangular"] < 1e-12 and m["nc3"] < 1e-12
+    assert m["nc4"] == 0.0
+    assert 0.3 < m["accuracy"] < 1.0                                     # noisy: the rules are really tested
+
+
+def test_nc4_clearly_positive_with_equal_biases_under_exact_nc2_nc3():
+    h, y, W, mu_g = _exact_nc2_nc3()
+    m = nc_metrics(h, y, W, h @ W.T + 0.7)                               # equal biases b_c = 0.7
+    assert m["nc2_equiangular"] < 1e-12 and m["nc3"] < 1e-12
+    assert m["nc4"] > 0.2                                                # about 30 % of samples disagree
+
+
+def test_nc4_zero_with_equal_biases_when_mu_g_orthogonal_to_class_mean_span():
+    h, y, W, mu_g = _exact_nc2_nc3()
+    Q = torch.linalg.qr(W.T).Q[:, : W.shape[0] - 1]                      # (D, K-1) basis of the span
+    shift = Q @ (Q.T @ mu_g)                                             # part of mu_G inside the span
+    m = nc_metrics(h - shift, y, W, (h - shift) @ W.T + 0.7)             # now W mu_G = 0: equal biases suffice
+    assert m["nc4"] == 0.0
 
 
 # --------------------------------------------------------------------------- invariance and streaming
@@ -198,6 +300,15 @@ def test_streaming_stats_equal_batch():
     for key in stream:
         assert stream[key] == pytest.approx(batch[key], rel=1e-8), key
     assert set(nc_metrics_from_stats(stats)) == set(GEOMETRY_KEYS)
+
+
+def test_streaming_cdnv_exact_far_from_origin():
+    K, D = 4, 12
+    h, y, _, _ = _random_problem(K=K, D=D, N=1000, seed=6, offset=1e6)  # q_c / n_c - ||mu_c||^2 would lose ~4 digits
+    stats = ClassStats.empty(K, D)
+    for lo, hi in [(0, 3), (3, 500), (500, 1000)]:
+        stats.update(h[lo:hi], y[lo:hi])
+    assert nc_metrics_from_stats(stats)["cdnv"] == pytest.approx(nc_metrics(h, y)["cdnv"], rel=1e-7)  # old: 2e-4 off
 
 
 def test_without_classifier_only_feature_keys():
@@ -245,6 +356,50 @@ def test_nc5_centred_removes_shared_offset():
     ood = (offset + u).expand(10, D)
     assert nc5_centred(h, y, ood) < 1e-12
     assert nc5(h, y, ood) > 0.3                                          # the offset keeps uncentred NC5 up
+
+
+def _two_class_means(mu_1, mu_2, n: int = 3):
+    """Features sitting exactly at two class means (balanced), shape (2n, D), and labels."""
+    h = torch.tensor([mu_1] * n + [mu_2] * n, dtype=torch.float64)
+    return h, torch.tensor([0] * n + [1] * n)
+
+
+def test_nc5_zero_but_centred_nc5_large_when_mu_g_lies_in_class_mean_span():
+    h, y = _two_class_means([1.0, 0, 0], [3.0, 0, 0])                   # mu_G = (2, 0, 0) inside S = span{e_1}
+    ood = torch.tensor([[0.0, 1, 0]], dtype=torch.float64)              # orthogonal to both uncentred means
+    assert nc5(h, y, ood) == pytest.approx(0.0, abs=1e-15)
+    # mu_G^OOD - mu_G = (-2, 1, 0) against +-e_1: |cos| = 2 / sqrt(5)
+    assert nc5_centred(h, y, ood) == pytest.approx(2 / 5**0.5, rel=1e-12)
+
+
+def test_nc5_zero_implies_centred_nc5_zero_when_mu_g_orthogonal_to_span():
+    h, y = _two_class_means([1.0, 0, 1], [-1.0, 0, 1])                  # equinorm: mu_G = (0, 0, 1) is orthogonal to S
+    ood = torch.tensor([[0.0, 1, 0]], dtype=torch.float64)
+    assert nc5(h, y, ood) == pytest.approx(0.0, abs=1e-15)
+    assert nc5_centred(h, y, ood) == pytest.approx(0.0, abs=1e-15)
+
+
+def _share_in_span(x: torch.Tensor, means: torch.Tensor, mu_g: torch.Tensor) -> torch.Tensor:
+    """||P_S (x - mu_G)|| / ||x - mu_G|| per row, S = span of the centred class means (NECO's ideal P)."""
+    K = means.shape[0]
+    Q = torch.linalg.svd((means - mu_g).T, full_matrices=False).U[:, : K - 1]  # (D, K-1) basis of S
+    c = x - mu_g                                                         # (N, D)
+    return (c @ Q).norm(dim=1) / c.norm(dim=1)
+
+
+def test_centred_nc5_zero_does_not_make_each_ood_feature_orthogonal():
+    K, D, n = 4, 9, 25
+    M = 3.0 * simplex_etf(K, D)                                          # centred means in coords 0..K-1
+    offset = torch.full((D,), 2.0, dtype=torch.float64)
+    y = torch.arange(K).repeat_interleave(n)
+    h = offset + M[y]                                                    # ID features, mu_G = offset
+    u = torch.zeros(D, dtype=torch.float64)
+    u[K + 1] = 0.3                                                       # small shift orthogonal to S
+    ood = offset + M[y] + u                                              # OOD: the ID simplex, shifted by u
+    assert nc5_centred(h, y, ood) < 1e-12                                # OOD mean offset u is orthogonal to S
+    share = _share_in_span(ood, offset + M, offset)
+    assert share.min() > 0.99                                            # yet every OOD feature lies almost in S
+    assert _share_in_span(h, offset + M, offset).min() == pytest.approx(1.0)  # as the ID features do
 
 
 def test_nc5_positive_for_nonnegative_features():
@@ -311,6 +466,10 @@ def test_error_mismatched_shapes():
         nc_metrics_from_stats(ClassStats.empty(4, 12).update(h, y), fc_weight=W[:, :-1])
     with pytest.raises(ValueError, match="must match"):
         nc5(h, y, torch.ones(3, 11))
+    with pytest.raises(ValueError, match="integer class indices"):
+        nc_metrics(h, y.double(), W, logits)
+    with pytest.raises(ValueError, match="id_labels must lie"):
+        nc5(h, y - 1, torch.ones(3, 12))
 
 
 def test_error_fewer_than_two_classes():
