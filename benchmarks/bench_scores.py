@@ -1,8 +1,11 @@
-"""Fit and score times of the feature-based OOD scores, and vectorised vs looped Mahalanobis.
+"""Fit and score times of the feature-based OOD scores, vectorised vs looped Mahalanobis, KNN old vs new,
+and the float32 choices of ``helpers.ood`` against float64.
 
 Features: seeded random features with class structure (100 class means plus correlated within-class noise),
 50,000 x 512 for training and 10,000 x 512 for testing (the full profile's sizes: CIFAR-100, ResNet-18),
-float32 as the feature cache stores them; logits from a random last layer W (100, 512), b (100,).
+plus 10,000 OOD-like features (class means shrunk by half, 5 % wider noise); float32 as the feature cache
+stores them; logits
+from a random last layer W (100, 512), b (100,).
 
 1. ``helpers.ood`` Mahalanobis, ViM, NECO (and KNN, k = 50): fit on the training features, score the test
    features; median wall seconds over interleaved repetitions.
@@ -12,7 +15,16 @@ float32 as the feature cache stores them; logits from a random last layer W (100
    test samples (200 by default) and its time is scaled per sample; the ratio compares seconds per test sample.
    The scores of the two on that subset are compared (max relative difference).
 
-Goals: vectorised Mahalanobis >= 200x faster than the loop per sample; scores equal to 1e-4 relative.
+3. KNN (k = 50): the previous implementation (float64, one product and a sorted top-k per chunk, copied
+   below as ``knn_previous``) against ``helpers.ood.KNN`` (normalised float32 products in chunks,
+   ``torch.topk``), side by side on the same queries (1,000 by default, 10,000 with --full), plus the bare
+   float32 product of those queries with the bank (the floor any exact method pays); AUROC of ID test
+   queries against as many OOD queries, old vs new.
+4. Precision: ViM, NECO, NECO x max logit and KNN with ``compute_dtype`` float32 (the default) against
+   float64 on the same fitted data: |AUROC difference| (ID test vs OOD) and fit+score seconds.
+
+Goals: vectorised Mahalanobis >= 200x faster than the loop per sample; scores equal to 1e-4 relative;
+KNN 10,000 queries against 50,000 x 512 in <= 2 s; every float32 choice within 1e-6 AUROC of float64.
 
     python benchmarks/bench_scores.py [--quick | --full] [--threads 1] [--json out.json]
 """
@@ -25,11 +37,11 @@ import common  # noqa: I001 - puts the repository on sys.path
 import numpy as np
 import torch
 
-from helpers import ood
+from helpers import metrics, ood
 
 # train N, test N, loop subset, KNN queries, repetitions
 SIZES = {"quick": (10_000, 2_000, 50, 500, 2), "default": (50_000, 10_000, 200, 1_000, 3),
-         "full": (50_000, 10_000, 1_000, 10_000, 5)}
+         "full": (50_000, 10_000, 1_000, 10_000, 3)}
 K, D = 100, 512
 
 
@@ -41,15 +53,16 @@ def make_features(n_train: int, n_test: int, seed: int = 0) -> dict[str, np.ndar
     W = mu / np.linalg.norm(mu, axis=1, keepdims=True) + rng.normal(0, 0.05, (K, D))   # (K, D)
     b = rng.normal(0, 0.1, K)                                             # (K,)
 
-    def draw(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def draw(n: int, shrink: float = 1.0, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         y = rng.integers(0, K, n)                                         # (n,)
-        h = (mu[y] + rng.normal(0, 1.0, (n, D)) @ A).astype(np.float32)   # (n, D)
+        h = (shrink * mu[y] + scale * rng.normal(0, 1.0, (n, D)) @ A).astype(np.float32)   # (n, D)
         return h, (h @ W.T + b).astype(np.float32), y
 
     h_tr, z_tr, y_tr = draw(n_train)
     h_te, z_te, _ = draw(n_test)
-    return dict(h_train=h_tr, z_train=z_tr, y_train=y_tr, h_test=h_te, z_test=z_te, W=W.astype(np.float32),
-                b=b.astype(np.float32))
+    h_ood, z_ood, _ = draw(n_test, shrink=0.5, scale=1.05)
+    return dict(h_train=h_tr, z_train=z_tr, y_train=y_tr, h_test=h_te, z_test=z_te, h_ood=h_ood, z_ood=z_ood,
+                W=W.astype(np.float32), b=b.astype(np.float32))
 
 
 def reference_fit(h: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -72,6 +85,53 @@ def loop_mahalanobis(h: np.ndarray, mu: np.ndarray, precision: np.ndarray) -> np
             best = min(best, float(d @ precision @ d))
         out[i] = -best
     return out
+
+
+def knn_previous(bank: torch.Tensor, h: np.ndarray, k: int) -> np.ndarray:
+    """The KNN score before issue 17: float64, chunks of (rows x N_train) products, sorted top-k."""
+    q = torch.nn.functional.normalize(torch.as_tensor(h, dtype=torch.float64), dim=1)
+    rows = max(1, 2**22 // bank.shape[0])
+    kth = [(c @ bank.T).topk(k, dim=1).values[:, -1] for c in q.split(rows)]
+    return (-(2 - 2 * torch.cat(kth)).clamp_min(0).sqrt()).numpy()
+
+
+def auroc(s_id: np.ndarray, s_ood: np.ndarray) -> float:
+    return metrics.ood_metrics(s_id, s_ood)["auroc"]
+
+
+def knn_old_new(f: dict[str, np.ndarray], n_q: int, repeats: int) -> dict:
+    """KNN (k = 50) old vs new on n_q ID and n_q OOD queries; the bare float32 product as the floor."""
+    args = (f["h_train"], f["z_train"], f["y_train"], f["W"], f["b"])
+    new = ood.KNN(k=50).fit(*args)
+    bank64, bank32 = new.bank_, new.bank_.float()
+    q_id, z_id, q_ood, z_ood = f["h_test"][:n_q], f["z_test"][:n_q], f["h_ood"][:n_q], f["z_ood"][:n_q]
+    q32 = torch.nn.functional.normalize(torch.as_tensor(q_id), dim=1)
+    times = common.interleaved({"previous (float64)": lambda: knn_previous(bank64, q_id, 50),
+                                "helpers.ood.KNN (float32)": lambda: new.score(q_id, z_id),
+                                "bare float32 product": lambda: q32 @ bank32.T}, repeats=repeats, warmup=0)
+    diff = abs(auroc(knn_previous(bank64, q_id, 50), knn_previous(bank64, q_ood, 50))
+               - auroc(new.score(q_id, z_id), new.score(q_ood, z_ood)))
+    return dict(times=times, auroc_diff=diff, queries=n_q)
+
+
+def precision_checks(f: dict[str, np.ndarray], n_knn: int) -> list[dict]:
+    """|AUROC(float32) - AUROC(float64)| and fit+score seconds of each score that uses ``compute_dtype``."""
+    args = (f["h_train"], f["z_train"], f["y_train"], f["W"], f["b"])
+    rows = []
+    for name in ("vim", "neco", "neco_maxlogit", "knn"):
+        n = n_knn if name == "knn" else len(f["h_test"])
+        out, secs = {}, {}
+        for dtype in (torch.float32, torch.float64):
+            s = ood.make_score(name)
+            s.compute_dtype = dtype
+            t0 = time.perf_counter()
+            s.fit(*args)
+            out[dtype] = auroc(s.score(f["h_test"][:n], f["z_test"][:n]), s.score(f["h_ood"][:n], f["z_ood"][:n]))
+            secs[dtype] = time.perf_counter() - t0
+        rows.append({"score": name, "AUROC float32": out[torch.float32], "|diff| vs float64":
+                     abs(out[torch.float32] - out[torch.float64]), "s float32": secs[torch.float32],
+                     "s float64": secs[torch.float64], "queries": 2 * n})
+    return rows
 
 
 def fit_score_times(f: dict[str, np.ndarray], repeats: int, knn_queries: int) -> tuple[list[dict], dict]:
@@ -135,9 +195,27 @@ def main() -> int:
           f"{n_loop} samples: {rel:.2e}")
     goals = [common.goal("Mahalanobis speed-up", ratio, 200, unit="x"),
              common.goal("max relative score difference", rel, 1e-4, higher_is_better=False)]
+
+    knn = knn_old_new(f, n_knn, repeats)
+    med = {k: common.median(v) for k, v in knn["times"].items()}
+    print(f"\nKNN (k = 50), {n_knn:,} queries against {n_train:,} x {D}, {repeats} interleaved repetitions:")
+    common.table([{"method": k, "s": v, "s per 10k queries": v * 10_000 / n_knn} for k, v in med.items()],
+                 ["method", "s", "s per 10k queries"])
+    new_10k = med["helpers.ood.KNN (float32)"] * 10_000 / n_knn
+    print(f"speed-up new/previous: {med['previous (float64)'] / med['helpers.ood.KNN (float32)']:.2f}x; new / bare "
+          f"product: {med['helpers.ood.KNN (float32)'] / med['bare float32 product']:.2f}; |AUROC new - previous| on "
+          f"{n_knn:,} ID vs {n_knn:,} OOD queries: {knn['auroc_diff']:.2e}")
+    goals += [common.goal("KNN s per 10,000 queries", new_10k, 2.0, higher_is_better=False, unit=" s"),
+              common.goal("KNN |AUROC new - previous|", knn["auroc_diff"], 1e-6, higher_is_better=False)]
+
+    prec = precision_checks(f, n_knn)
+    print("\nfloat32 products (compute_dtype, the default) against float64, same data (ID test vs OOD):")
+    common.table(prec, ["score", "AUROC float32", "|diff| vs float64", "s float32", "s float64", "queries"])
+    goals.append(common.goal("max |AUROC float32 - float64|", max(r["|diff| vs float64"] for r in prec), 1e-6,
+                             higher_is_better=False))
     common.write_json(args.json, dict(machine=m, size=common.size(args), sizes=dict(train=n_train, test=n_test,
                       loop=n_loop, knn=n_knn, repeats=repeats), rows=rows, fit_score_seconds=extra["times"],
-                      maha_seconds=times, ratio=ratio, max_rel_diff=rel, goals=goals))
+                      maha_seconds=times, ratio=ratio, max_rel_diff=rel, knn=knn, precision=prec, goals=goals))
     return 0
 
 

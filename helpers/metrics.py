@@ -3,19 +3,42 @@
 Scores follow the book's convention of ``helpers.ood``: **higher = more in-distribution (ID)**.
 Metrics with OOD as the positive class use the outlier score -s; that negation happens in exactly
 one place, ``_outlier_score``. Formulas are derived in the book, chapter "Metrics".
+
+Metric names are the constants below (``AUROC``, ``FPR95``, ...); ``METRICS`` lists them in the order of
+``ood_metrics`` and ``summary``. Bootstrap bounds are stored under ``low_key(name)`` and ``high_key(name)``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 import torch
-from scipy.stats import rankdata
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
+AUROC = "auroc"
+FPR95 = "fpr95"                                 # ID positive (ViM and NECO papers)
+FPR95_OOD_POSITIVE = "fpr95_ood_positive"       # OOD positive (OpenOOD, pytorch-ood)
+AUPR_IN = "aupr_in"
+AUPR_OUT = "aupr_out"
+METRICS = (AUROC, FPR95, FPR95_OOD_POSITIVE, AUPR_IN, AUPR_OUT)
+
 TPR_LEVEL = 0.95
+N_BOOT = 1000               # default number of bootstrap replicates
 _TOL = 1e-12                # TPR >= 0.95 is tested as TPR >= 0.95 - _TOL, against rounding in k / n
-_BLOCK_ELEMENTS = 2**22     # bootstrap replicates are processed in blocks of about this many scores
+_BLOCK_ELEMENTS = 2**18     # bootstrap draws per block (b x (N_id + N_ood)); small blocks stay in cache
+
+
+def low_key(name: str) -> str:
+    """Key of the lower bootstrap bound of metric ``name`` in ``summary``: "<name>_low"."""
+    return f"{name}_low"
+
+
+def high_key(name: str) -> str:
+    """Key of the upper bootstrap bound of metric ``name`` in ``summary``: "<name>_high"."""
+    return f"{name}_high"
 
 
 def _as_scores(x: np.ndarray | torch.Tensor, name: str) -> np.ndarray:
@@ -37,11 +60,17 @@ def _outlier_score(s: np.ndarray) -> np.ndarray:
     return -s
 
 
+def n_kept(n: int) -> int:
+    """Number of positives a 95 %-TPR threshold keeps: ceil(0.95 n) (the ViM/NECO code keeps floor(0.95 n))."""
+    return int(np.ceil(n * (TPR_LEVEL - _TOL)))
+
+
 def _fpr_at_tpr(labels: np.ndarray, scores: np.ndarray) -> float:
     """FPR at the first ROC threshold (from the top) whose TPR reaches 0.95; positives have ``labels`` 1.
 
     With ``drop_intermediate=False`` every distinct score is a threshold, so this is the largest threshold
-    t with #(positives >= t) >= 0.95 n_pos, and the FPR counts negatives with score >= t.
+    t with #(positives >= t) >= 0.95 n_pos, i.e. the ceil(0.95 n_pos)-th largest positive score, and the
+    FPR counts negatives with score >= t.
     """
     fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
     return float(fpr[np.argmax(tpr >= TPR_LEVEL - _TOL)])
@@ -50,18 +79,18 @@ def _fpr_at_tpr(labels: np.ndarray, scores: np.ndarray) -> float:
 def ood_metrics(id_scores: np.ndarray | torch.Tensor, ood_scores: np.ndarray | torch.Tensor) -> dict[str, float]:
     """AUROC, FPR95 in both conventions, AUPR-In and AUPR-Out of ID vs OOD scores (higher = ID).
 
-    Derived in the book, chapter "Metrics" (eq. eq-auroc, eq-fpr95, eq-aupr).
+    Derived in the book, chapter "Metrics" (eq. eq-auroc, eq-fpr95, eq-aupr). With n ID scores s and
+    m OOD scores t:
 
     - ``auroc``: P(s_ID > s_OOD) + P(tie) / 2, the same for either positive class.
-    - ``fpr95``: ID positive (ViM and NECO papers): the fraction of OOD samples accepted (s >= t) at
-      the largest threshold t that keeps at least 95 % of ID samples.
-    - ``fpr95_ood_positive``: OOD positive (OpenOOD, pytorch-ood): the fraction of ID samples flagged
-      as OOD at the largest outlier-score threshold that flags at least 95 % of OOD samples.
+    - ``fpr95`` (ID positive, ViM and NECO papers): #{j: t_j >= tau} / m with tau the ceil(0.95 n)-th
+      largest ID score.
+    - ``fpr95_ood_positive`` (OOD positive, OpenOOD, pytorch-ood): #{i: s_i <= tau'} / n with tau' the
+      ceil(0.95 m)-th smallest OOD score (the ceil(0.95 m)-th largest outlier score -t).
     - ``aupr_in``: average precision with ID positive and score s; ``aupr_out``: OOD positive, score -s.
 
-    Both FPR95 values take the first ROC point with TPR >= 0.95 (no interpolation between points). The
-    ViM code keeps floor(0.95 n) ID samples instead; the two agree when 0.95 n is an integer. AUPR is
-    scikit-learn's step-wise average precision, not a trapezoid over the PR curve.
+    The ViM/NECO benchmark code takes the floor(0.95 n)-th largest ID score instead; the two agree when
+    0.95 n is an integer. AUPR is scikit-learn's step-wise average precision, not a trapezoid.
 
     Args:
         id_scores: scores of ID test samples, (N_id,).
@@ -72,74 +101,161 @@ def ood_metrics(id_scores: np.ndarray | torch.Tensor, ood_scores: np.ndarray | t
     is_id = np.concatenate([np.ones(s_id.size), np.zeros(s_ood.size)])     # ID positive
     is_ood, outlier = 1 - is_id, _outlier_score(s)                           # OOD positive
     return {
-        "auroc": float(roc_auc_score(is_id, s)),
-        "fpr95": _fpr_at_tpr(is_id, s),
-        "fpr95_ood_positive": _fpr_at_tpr(is_ood, outlier),
-        "aupr_in": float(average_precision_score(is_id, s)),
-        "aupr_out": float(average_precision_score(is_ood, outlier)),
+        AUROC: float(roc_auc_score(is_id, s)),
+        FPR95: _fpr_at_tpr(is_id, s),
+        FPR95_OOD_POSITIVE: _fpr_at_tpr(is_ood, outlier),
+        AUPR_IN: float(average_precision_score(is_id, s)),
+        AUPR_OUT: float(average_precision_score(is_ood, outlier)),
     }
 
 
-def _auroc_rows(s_id: np.ndarray, s_ood: np.ndarray) -> np.ndarray:
-    """AUROC per row by the Mann-Whitney rank sum (ties count 1/2): (B, N_id), (B, N_ood) -> (B,)."""
-    n_id, n_ood = s_id.shape[1], s_ood.shape[1]
-    ranks = rankdata(np.concatenate([s_id, s_ood], axis=1), axis=1)        # (B, N_id + N_ood)
-    return (ranks[:, :n_id].sum(axis=1) - n_id * (n_id + 1) / 2) / (n_id * n_ood)
+@dataclass(frozen=True)
+class _Sorted:
+    """Both samples sorted once: distinct values v (ID) and w (OOD), each sample's index into them, and
+    where each set's distinct values fall in the other's (``np.searchsorted``)."""
+
+    g_id: np.ndarray        # (N_id,) index of each ID score in v
+    g_ood: np.ndarray       # (N_ood,) index of each OOD score in w
+    n_v: int
+    n_w: int
+    w_le_v: np.ndarray      # (n_v,) #{w <= v_u}
+    w_lt_v: np.ndarray      # (n_v,) #{w < v_u}
+    v_le_w: np.ndarray      # (n_w,) #{v <= w_u}
+    tie_v: np.ndarray       # indices u of v with v_u in w
+    tie_w: np.ndarray       # the matching indices of w
+
+    @classmethod
+    def of(cls, s_id: np.ndarray, s_ood: np.ndarray) -> _Sorted:
+        v, g_id = np.unique(s_id, return_inverse=True)
+        w, g_ood = np.unique(s_ood, return_inverse=True)
+        w_le_v, w_lt_v = np.searchsorted(w, v, "right"), np.searchsorted(w, v, "left")
+        tie_v = np.flatnonzero(w_le_v > w_lt_v)
+        return cls(g_id.ravel(), g_ood.ravel(), v.size, w.size, w_le_v, w_lt_v, np.searchsorted(v, w, "right"),
+                   tie_v, w_lt_v[tie_v])
 
 
-def _fpr95_rows(s_id: np.ndarray, s_ood: np.ndarray) -> np.ndarray:
-    """ID-positive FPR95 per row, the rule of ``ood_metrics`` in closed form: (B, N_id), (B, N_ood) -> (B,).
+def _counts(groups: np.ndarray, idx: np.ndarray, n_groups: int) -> np.ndarray:
+    """Per row of ``idx`` (b, n), how often each distinct value is drawn: (b, n_groups) float64 (exact)."""
+    b = idx.shape[0]
+    flat = (groups[idx] + n_groups * np.arange(b)[:, None]).ravel()          # (b n,)
+    return np.bincount(flat, minlength=b * n_groups).reshape(b, n_groups).astype(np.float64)
 
-    The threshold is the m-th largest ID score with m = ceil(0.95 N_id).
+
+def _cumsum0(x: np.ndarray) -> np.ndarray:
+    """Row-wise cumulative sums with a leading 0 column: (b, U) -> (b, U + 1)."""
+    out = np.zeros((x.shape[0], x.shape[1] + 1), dtype=x.dtype)
+    np.cumsum(x, axis=1, out=out[:, 1:])
+    return out
+
+
+def _first_at_least(rows: np.ndarray, target: int) -> np.ndarray:
+    """Per row of a non-decreasing (b, U) matrix, the first column whose value is >= target: (b,)."""
+    return np.array([np.searchsorted(r, target, "left") for r in rows])
+
+
+def metrics_from_counts(a: np.ndarray, c: np.ndarray, p: _Sorted) -> dict[str, np.ndarray]:
+    """All five metrics per row from counts a (b, n_v) of the ID values v and c (b, n_w) of the OOD values w.
+
+    With A_u = #ID <= v_u and C(x) = #OOD <= x: AUROC = sum_u a_u (C(v_u) - ties_u / 2) / (n m);
+    FPR95 = #OOD >= tau / m, tau the ceil(0.95 n)-th largest ID draw; FPR95 (OOD+) = #ID <= tau' / n,
+    tau' the ceil(0.95 m)-th smallest OOD draw; AUPR-In = sum_u (a_u / n) #ID>=v_u / (#ID>=v_u + #OOD>=v_u);
+    AUPR-Out = sum_u (c_u / m) #OOD<=w_u / (#OOD<=w_u + #ID<=w_u). The rules of ``ood_metrics`` on counts.
     """
-    n_id = s_id.shape[1]
-    m = int(np.ceil(n_id * (TPR_LEVEL - _TOL)))
-    t = np.sort(s_id, axis=1)[:, n_id - m]                                  # (B,)
-    return (s_ood >= t[:, None]).mean(axis=1)
+    n, m = int(a[0].sum()), int(c[0].sum())
+    A, C = _cumsum0(a), _cumsum0(c)                                          # (b, n_v + 1), (b, n_w + 1)
+    C_le_v = C[:, p.w_le_v]                                                  # (b, n_v) #OOD <= v_u
+    tie = np.zeros_like(a)
+    tie[:, p.tie_v] = c[:, p.tie_w]                                          # (b, n_v) #OOD == v_u
+    A_le_w = A[:, p.v_le_w]                                                  # (b, n_w) #ID <= w_u
+    id_ge, ood_ge = n - A[:, :-1], m - C_le_v + tie                          # (b, n_v) #ID >= v_u, #OOD >= v_u
+    rows = np.arange(a.shape[0])
+    u_id = _first_at_least(A[:, 1:], n - n_kept(n) + 1)                      # column of the ID threshold tau
+    u_ood = _first_at_least(C[:, 1:], n_kept(m))                             # column of the OOD threshold tau'
+    return {
+        AUROC: (np.einsum("ij,ij->i", a, C_le_v) - 0.5 * np.einsum("ij,ij->i", a, tie)) / (n * m),
+        FPR95: (m - C[rows, p.w_lt_v[u_id]]) / m,
+        FPR95_OOD_POSITIVE: A_le_w[rows, u_ood] / n,
+        AUPR_IN: np.einsum("ij,ij->i", a, id_ge / np.maximum(id_ge + ood_ge, 1)) / n,
+        AUPR_OUT: np.einsum("ij,ij->i", c, C[:, 1:] / np.maximum(C[:, 1:] + A_le_w, 1)) / m,
+    }
 
 
-def bootstrap(id_scores: np.ndarray | torch.Tensor, ood_scores: np.ndarray | torch.Tensor, n_boot: int = 200,
-              seed: int = 0, level: float = 0.95) -> dict[str, tuple[float, float]]:
-    """Percentile bootstrap intervals for ``auroc`` and ``fpr95`` (ID positive).
+def resample_indices(n_id: int, n_ood: int, n_boot: int, seed: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Bootstrap draws in blocks of replicates: (b, n_id) ID indices and (b, n_ood) OOD indices.
 
-    ID and OOD scores are resampled separately with replacement (numpy Generator seeded by ``seed``);
-    replicates are computed in vectorised blocks with the same rules as ``ood_metrics``.
-    Returns {"auroc": (low, high), "fpr95": (low, high)} at confidence ``level``.
+    The one source of randomness of ``bootstrap``. ID and OOD indices come from two independent numpy
+    Generators spawned from ``np.random.SeedSequence(seed)``, so replicate r is exactly the r-th call
+    ``integers(0, n_id, n_id)`` of the first and ``integers(0, n_ood, n_ood)`` of the second: the same
+    draws as a replicate-by-replicate loop, whatever the block size (about ``_BLOCK_ELEMENTS`` draws).
     """
-    s_id, s_ood = _as_scores(id_scores, "id_scores"), _as_scores(ood_scores, "ood_scores")
+    rng_id, rng_ood = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
+    block = max(1, _BLOCK_ELEMENTS // (n_id + n_ood))
+    for start in range(0, n_boot, block):
+        b = min(block, n_boot - start)
+        yield rng_id.integers(0, n_id, size=(b, n_id)), rng_ood.integers(0, n_ood, size=(b, n_ood))
+
+
+def _check_bootstrap(n_boot: int, level: float) -> None:
     if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
         raise ValueError(f"n_boot must be an integer >= 1; got {n_boot!r}.")
     if not 0 < level < 1:
         raise ValueError(f"level must lie in (0, 1); got {level!r}.")
-    rng = np.random.default_rng(seed)
-    block = max(1, _BLOCK_ELEMENTS // (s_id.size + s_ood.size))
-    auroc, fpr95 = [], []
-    for start in range(0, n_boot, block):
-        b = min(block, n_boot - start)
-        r_id = s_id[rng.integers(0, s_id.size, size=(b, s_id.size))]       # (b, N_id)
-        r_ood = s_ood[rng.integers(0, s_ood.size, size=(b, s_ood.size))]   # (b, N_ood)
-        auroc.append(_auroc_rows(r_id, r_ood))
-        fpr95.append(_fpr95_rows(r_id, r_ood))
-    q = [(1 - level) / 2, (1 + level) / 2]
-    return {name: tuple(float(v) for v in np.quantile(np.concatenate(reps), q))
-            for name, reps in (("auroc", auroc), ("fpr95", fpr95))}
 
 
-def summary(id_scores: np.ndarray | torch.Tensor, ood_scores: np.ndarray | torch.Tensor, n_boot: int = 200,
-            seed: int = 0, level: float = 0.95) -> dict[str, float]:
-    """``ood_metrics`` plus bootstrap bounds, flat: auroc, auroc_low, auroc_high, fpr95, fpr95_low,
-    fpr95_high, fpr95_ood_positive, aupr_in, aupr_out. ``n_boot=0`` skips the bootstrap (bounds NaN).
+def bootstrap_replicates(id_scores: np.ndarray | torch.Tensor, ood_scores: np.ndarray | torch.Tensor,
+                         n_boot: int = N_BOOT, seed: int = 0) -> dict[str, np.ndarray]:
+    """Every metric of ``ood_metrics`` on ``n_boot`` bootstrap replicates: {name: (n_boot,)}.
+
+    Sorts each sample once (``_Sorted``); each replicate is then a pair of count vectors over the distinct
+    ID and OOD values (``_counts``), and ``metrics_from_counts`` evaluates all replicates of a block at
+    once. Draws come from ``resample_indices(n_id, n_ood, n_boot, seed)``.
     """
-    out = ood_metrics(id_scores, ood_scores)
+    s_id, s_ood = _as_scores(id_scores, "id_scores"), _as_scores(ood_scores, "ood_scores")
+    _check_bootstrap(n_boot, 0.5)
+    p = _Sorted.of(s_id, s_ood)
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in METRICS}
+    for idx_id, idx_ood in resample_indices(s_id.size, s_ood.size, n_boot, seed):
+        values = metrics_from_counts(_counts(p.g_id, idx_id, p.n_v), _counts(p.g_ood, idx_ood, p.n_w), p)
+        for name in METRICS:
+            parts[name].append(values[name])
+    return {name: np.concatenate(parts[name]) for name in METRICS}
+
+
+def percentile_interval(replicates: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval: the (1 - level)/2 and (1 + level)/2 quantiles of the replicates.
+
+    Quantiles by numpy's default rule (linear interpolation between order statistics, Hyndman-Fan type 7).
+    """
+    low, high = np.quantile(replicates, [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)
+
+
+def bootstrap(id_scores: np.ndarray | torch.Tensor, ood_scores: np.ndarray | torch.Tensor, n_boot: int = N_BOOT,
+              seed: int = 0, level: float = 0.95) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap intervals of every metric of ``ood_metrics``: {name: (low, high)}.
+
+    ID and OOD scores are resampled separately with replacement (``resample_indices``, seeded by ``seed``);
+    the interval is ``percentile_interval`` of the ``n_boot`` replicates at confidence ``level``.
+    """
+    _check_bootstrap(n_boot, level)
+    reps = bootstrap_replicates(id_scores, ood_scores, n_boot=n_boot, seed=seed)
+    return {name: percentile_interval(reps[name], level) for name in METRICS}
+
+
+def summary(id_scores: np.ndarray | torch.Tensor, ood_scores: np.ndarray | torch.Tensor, n_boot: int = N_BOOT,
+            seed: int = 0, level: float = 0.95) -> dict[str, float]:
+    """``ood_metrics`` plus bootstrap bounds, flat: for each name of ``METRICS`` in order, name,
+    ``low_key(name)``, ``high_key(name)``. ``n_boot=0`` skips the bootstrap (bounds NaN).
+    """
+    point = ood_metrics(id_scores, ood_scores)
     if n_boot == 0:
-        intervals = {"auroc": (np.nan, np.nan), "fpr95": (np.nan, np.nan)}
+        intervals = {name: (np.nan, np.nan) for name in METRICS}
     else:
         intervals = bootstrap(id_scores, ood_scores, n_boot=n_boot, seed=seed, level=level)
-    for name, (low, high) in intervals.items():
-        out[f"{name}_low"], out[f"{name}_high"] = low, high
-    order = ["auroc", "auroc_low", "auroc_high", "fpr95", "fpr95_low", "fpr95_high", "fpr95_ood_positive",
-             "aupr_in", "aupr_out"]
-    return {k: float(out[k]) for k in order}
+    out: dict[str, float] = {}
+    for name in METRICS:
+        out[name], out[low_key(name)], out[high_key(name)] = point[name], *intervals[name]
+    return {k: float(v) for k, v in out.items()}
 
 
 def table(results: dict[str, dict[str, dict]]) -> pd.DataFrame:
@@ -152,9 +268,9 @@ def table(results: dict[str, dict[str, dict]]) -> pd.DataFrame:
         raise ValueError("results is empty; pass {score: {ood_set: summary}}.")
     sets = list(dict.fromkeys(name for per_set in results.values() for name in per_set))
     frames = {}
-    for metric, key in (("AUROC", "auroc"), ("FPR95", "fpr95")):
+    for label, key in (("AUROC", AUROC), ("FPR95", FPR95)):
         values = pd.DataFrame({s: {o: results[s].get(o, {}).get(key, np.nan) for o in sets} for s in results}).T
         values = values[sets] * 100                                           # (scores, sets)
         values["average"] = values.mean(axis=1, skipna=False)
-        frames[metric] = values
+        frames[label] = values
     return pd.concat(frames, axis=1).round(2)

@@ -14,7 +14,11 @@ still have ``fit``, so every score is used the same way. ``SCORES`` maps names t
 
 Notation (book, chapter "OOD scores"): ``h`` features (N, D), ``z`` logits (N, K), last layer
 ``W`` (K, D) and ``b`` (K,), class means ``mu_c`` (K, D), within-class covariance ``Sigma_W`` (D, D).
-Inputs may be numpy arrays or torch tensors; computations run on the CPU in float64.
+Inputs may be numpy arrays or torch tensors; computations run on the CPU in float64, except the large
+matrix products of ViM, KNN and NECO's fit, which run in ``compute_dtype`` (float32 by default;
+eigendecompositions and pseudo-inverses stay in float64). ``benchmarks/bench_scores.py`` and
+``tests/test_ood.py`` check that every float32 choice leaves the AUROC within 1e-6 of float64; set
+``score.compute_dtype = torch.float64`` on an instance to reproduce the all-float64 numbers.
 """
 
 from __future__ import annotations
@@ -69,6 +73,12 @@ def _param_names(cls: type) -> list[str]:
     return [n for n, p in inspect.signature(cls.__init__).parameters.items() if n != "self" and p.kind in kinds]
 
 
+def _gram(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """Second moment (1/N) x^T x, (D, D) float64, with the product computed in ``dtype``."""
+    xd = x.to(dtype)
+    return (xd.T @ xd).to(torch.float64) / x.shape[0]
+
+
 def energy(z: Tensor, temperature: float = 1.0) -> Tensor:
     """Negative free energy T log sum_k exp(z_k / T), shape (N,) (the book's eq. eq-energy)."""
     return temperature * torch.logsumexp(z / temperature, dim=1)
@@ -78,7 +88,11 @@ class OODScore:
     """Base class of all scores: ``fit`` checks and stores shapes, ``score`` checks inputs.
 
     Subclasses implement ``_fit(h, z, y, W, b)`` and ``_score(h, z) -> (N,)`` on float64 tensors.
+    ``compute_dtype`` is the dtype of a subclass's large matrix products (a class attribute, not a
+    hyper-parameter; scores that do not use it ignore it).
     """
+
+    compute_dtype: torch.dtype = torch.float32
 
     def _fit(self, h: Tensor, z: Tensor, y: Tensor, W: Tensor, b: Tensor) -> None:
         """Learn state from ID training data; nothing to learn by default."""
@@ -185,10 +199,16 @@ class Mahalanobis(OODScore):
     covariance Sigma_W from the training features. Derived in the book, chapter "OOD scores"
     (eq. eq-mahalanobis).
 
-    The pseudo-inverse keeps singular covariances (dead feature dimensions) usable; a test feature's
+    Here Sigma_W = (1/N) sum_i (h_i - mu_{y_i})(h_i - mu_{y_i})^T (divided by N, no ridge), and Sigma_W^+
+    is its pseudo-inverse from ``eigh`` with the relative cut-off D * eps * lambda_max, all in float64. The
+    pseudo-inverse keeps singular covariances (dead feature dimensions, N - K < D) usable; a test feature's
     component along a zero-variance direction is then ignored. Vectorised by whitening: with
-    L L^T = Sigma_W^+, the distance is ||h L - mu_c L||. pytorch-ood returns half the distance computed
-    from an unnormalised covariance, with the opposite sign: the same ranking.
+    L L^T = Sigma_W^+, the distance is ||h L - mu_c L||, expanded as one matrix product.
+
+    pytorch-ood 0.4.0 (the version the tests compare with) differs in three ways, none of which changes the
+    ranking beyond rounding: it accumulates the unnormalised scatter matrix N Sigma_W, adds a ridge
+    1e-6 I and inverts it with ``torch.linalg.inv`` in float32; and it returns +1/2 of the squared
+    distance (higher = OOD). Its score is therefore about -S / (2 N) (``tests/test_ood.py`` checks this).
     """
 
     def _fit(self, h: Tensor, z: Tensor, y: Tensor, W: Tensor, b: Tensor) -> None:
@@ -205,11 +225,25 @@ class Mahalanobis(OODScore):
         return -d2.clamp_min(0).min(dim=1).values
 
 
-def vim_default_dim(n_features: int) -> int:
-    """ViM's principal dimension: 1000 if D >= 2048, 512 if D >= 768, else D // 2."""
-    if n_features >= 2048:
-        return 1000
-    return 512 if n_features >= 768 else n_features // 2
+_VIM_WIDE = ((2048, 1000), (768, 512))     # (min D, d) of the ViM paper's code for wide features
+
+
+def vim_default_dim(n_features: int, n_classes: int | None = None) -> int:
+    """ViM's principal dimension d: 1000 if D >= 2048, 512 if D >= 768, else D // 2, raised to K if K < D.
+
+    The wide-feature values are those of the paper's code (haoqiwang/vim, benchmark.py: 1000 for
+    D >= 2048, else 512, for its 768- and 2048-wide backbones). Below D = 768 there is no published rule
+    (512 would leave no residual at D = 512; pytorch-ood requires d and falls back to D // 2 only when d
+    exceeds D); we keep half the directions, as the paper's 1000 of 2048 does. With K < D classes,
+    d is raised to K so that the K directions of the class means about u, (mu_c - u), stay in the
+    principal space: under collapse the residual of ID features is then zero (the book, chapter
+    "OOD scores", section "ViM"). With K >= D no such d < D exists and D // 2 is kept.
+    """
+    for width, d in _VIM_WIDE:
+        if n_features >= width:
+            return d
+    d = n_features // 2
+    return max(d, n_classes) if n_classes is not None and n_classes < n_features else d
 
 
 class ViM(OODScore):
@@ -222,10 +256,12 @@ class ViM(OODScore):
     (eq. eq-vim-alpha); score in eq. eq-vim. Derived in the book, chapter "OOD scores".
     pytorch-ood's ``ViM`` returns minus this score.
 
+    The second moment is accumulated in ``compute_dtype`` (float32) and eigendecomposed in float64; the
+    residual products run in ``compute_dtype``.
+
     Args:
-        dim: principal dimension d, 1 <= d < D. ``None`` uses the rule of the paper's code
-            (haoqiwang/vim, benchmark.py): d = 1000 if D >= 2048, else 512; features narrower than
-            768 (e.g. ResNet-18's 512) get d = D // 2, pytorch-ood's fallback.
+        dim: principal dimension d, 1 <= d < D. ``None`` uses ``vim_default_dim(D, K)``: the paper's
+            code's values for D >= 768, else max(D // 2, K) when K < D and D // 2 otherwise.
     """
 
     def __init__(self, dim: int | None = None):
@@ -235,18 +271,23 @@ class ViM(OODScore):
 
     def _fit(self, h: Tensor, z: Tensor, y: Tensor, W: Tensor, b: Tensor) -> None:
         D = h.shape[1]
-        d = vim_default_dim(D) if self.dim is None else self.dim
+        d = vim_default_dim(D, W.shape[0]) if self.dim is None else self.dim
         if not 1 <= d < D:
             raise ValueError(f"dim must be below the feature size: got dim={d} for D={D} features.")
         self.origin_ = -torch.linalg.pinv(W) @ b                          # (D,)
         x = h - self.origin_                                             # (N, D)
-        _, V = torch.linalg.eigh(x.T @ x / x.shape[0])                   # ascending eigenvalues
+        _, V = torch.linalg.eigh(_gram(x, self.compute_dtype))          # ascending eigenvalues
         self.null_space_ = V[:, : D - d]                                 # (D, D - d), I - P P^T = NS NS^T
-        residual = (x @ self.null_space_).norm(dim=1)                    # (N,)
+        residual = self._residual(h)                                     # (N,)
         if residual.mean() <= 0:
             raise ValueError("training features have no residual outside the principal space; lower dim.")
         self.alpha_ = float(z.max(dim=1).values.mean() / residual.mean())
         self.dim_ = d
+
+    def _residual(self, h: Tensor) -> Tensor:
+        """||(h - u) NS||, (N,) float64, the product in ``compute_dtype``."""
+        ns = self.null_space_.to(self.compute_dtype)
+        return ((h - self.origin_).to(self.compute_dtype) @ ns).norm(dim=1).to(torch.float64)
 
     def residual(self, features: ArrayLike) -> np.ndarray:
         """Residual norms r(h) = ||(I - P P^T)(h - u)||, (N,) (eq. eq-vim-residual)."""
@@ -254,11 +295,10 @@ class ViM(OODScore):
             raise NotFittedError("ViM is not fitted yet; call fit(...) first.")
         h = _tensor(features, "features")
         _check_matrix(h, "features", self.null_space_.shape[0], "feature dimensions")
-        return ((h - self.origin_) @ self.null_space_).norm(dim=1).numpy()
+        return self._residual(h).numpy()
 
     def _score(self, h: Tensor, z: Tensor) -> Tensor:
-        residual = ((h - self.origin_) @ self.null_space_).norm(dim=1)  # (N,)
-        return torch.logsumexp(z, dim=1) - self.alpha_ * residual
+        return torch.logsumexp(z, dim=1) - self.alpha_ * self._residual(h)
 
 
 class NECO(OODScore):
@@ -267,14 +307,17 @@ class NECO(OODScore):
     h~ = (h - mu_G) / s is the training-centred feature, divided by the per-feature training standard
     deviation s when ``standardize`` (else s = 1); P (d, D) holds the top-d principal directions of the
     training h~. Derived in the book, chapter "OOD scores" (eq. eq-neco; eq. eq-neco-maxlogit with the
-    max logit, the paper's main variant).
+    max logit).
 
-    Centring, following the paper's code (StandardScaler, then sklearn PCA.transform, numerator over the
-    PCA coordinates, denominator ||h~||): there h~ is standardised, so it is centred at the training
-    mean and PCA's own centring is a no-op; ``standardize=True`` reproduces that exactly. With
-    ``standardize=False`` we still centre by mu_G in numerator and denominator, so the ratio stays in
-    [0, 1] and matches the neural-collapse geometry (class means form a simplex centred at mu_G).
-    A feature equal to mu_G scores 0.
+    Variants. The defaults (``standardize=True, maxlogit=False``) are the variant of the paper's ResNet-18
+    rows (Table 2): the authors' code z-scores the features (StandardScaler, then sklearn PCA; numerator
+    over the PCA coordinates, denominator ||h~||) for every backbone and multiplies by the max logit only
+    for non-ResNet backbones, and section 4.1 motivates the max-logit calibration by vision transformers.
+    ``NECOMaxLogit`` (registry name "neco_maxlogit") is the max-logit variant of eq. eq-neco-maxlogit.
+    ``standardize=False`` only centres at mu_G, the geometry in which neural collapse is defined; the ratio
+    stays in [0, 1] either way. A feature equal to mu_G scores 0. The second moment is accumulated in
+    ``compute_dtype`` (float32) and eigendecomposed in float64; the projections of ``score`` run in float64
+    (cheap, and equal to ``helpers.protocol.neco_all_dims``).
 
     Args:
         dim: number d of principal components, 1 <= d <= D; ``None`` chooses by ``explained_variance``.
@@ -286,8 +329,8 @@ class NECO(OODScore):
     curve (D,) (entry j is the fraction kept by the top j + 1 components), for sweeps over d.
     """
 
-    def __init__(self, dim: int | None = None, explained_variance: float = 0.9, standardize: bool = False,
-                 maxlogit: bool = True):
+    def __init__(self, dim: int | None = None, explained_variance: float = 0.9, standardize: bool = True,
+                 maxlogit: bool = False):
         if dim is not None:
             _check_int(dim, "dim")
         if not 0 < explained_variance <= 1:
@@ -302,8 +345,7 @@ class NECO(OODScore):
         self.mean_ = h.mean(dim=0)                                       # (D,) mu_G
         std = h.std(dim=0, unbiased=False)
         self.scale_ = torch.where(std > 0, std, 1.0) if self.standardize else torch.ones(D, dtype=h.dtype)
-        x = (h - self.mean_) / self.scale_                               # (N, D)
-        lam, V = torch.linalg.eigh(x.T @ x / x.shape[0])                 # ascending
+        lam, V = torch.linalg.eigh(_gram((h - self.mean_) / self.scale_, self.compute_dtype))  # ascending
         lam, V = lam.flip(0).clamp_min(0), V.flip(1)                     # descending
         if lam.sum() <= 0:
             raise ValueError("training features have zero variance; NECO needs spread in the features.")
@@ -319,12 +361,26 @@ class NECO(OODScore):
         return ratio * z.max(dim=1).values if self.maxlogit else ratio
 
 
+class NECOMaxLogit(NECO):
+    """NECO times the max logit, max_k z_k ||P h~|| / ||h~|| (eq. eq-neco-maxlogit; the paper's section 4.1).
+
+    ``NECO`` with ``maxlogit=True`` by default; registered as "neco_maxlogit", the labelled extra beside
+    the paper's ResNet-18 variant "neco". A sensible ID score while the max logit is positive.
+    """
+
+    def __init__(self, dim: int | None = None, explained_variance: float = 0.9, standardize: bool = True,
+                 maxlogit: bool = True):
+        super().__init__(dim=dim, explained_variance=explained_variance, standardize=standardize,
+                         maxlogit=maxlogit)
+
+
 class KNN(OODScore):
     """Minus the distance to the k-th nearest training feature, on the unit sphere (Sun et al., ICML 2022).
 
     S(h) = -||h/||h|| - h_(k)/||h_(k)|| || with h_(k) the k-th nearest normalised training feature.
     Derived in the book, chapter "OOD scores" (eq. eq-knn). pytorch-ood's ``KNN`` returns the distance
-    (minus this). Computed in chunks of test rows with ||a - b||^2 = 2 - 2 a.b for unit vectors.
+    (minus this). Computed in chunks of test rows with ||a - b||^2 = 2 - 2 a.b for unit vectors: one
+    matrix product of normalised features in ``compute_dtype`` (float32) per chunk, then ``torch.topk``.
 
     Args:
         k: neighbour rank, 1 <= k <= number of training samples (the paper uses 50 on CIFAR-10).
@@ -337,13 +393,14 @@ class KNN(OODScore):
     def _fit(self, h: Tensor, z: Tensor, y: Tensor, W: Tensor, b: Tensor) -> None:
         if self.k > h.shape[0]:
             raise ValueError(f"k={self.k} exceeds the training size ({h.shape[0]} samples); lower k.")
-        self.bank_ = F.normalize(h, dim=1)                               # (N_train, D)
+        self.bank_ = F.normalize(h, dim=1)                               # (N_train, D) float64
 
     def _score(self, h: Tensor, z: Tensor) -> Tensor:
-        q = F.normalize(h, dim=1)                                        # (N, D)
-        rows = max(1, _CHUNK_ELEMENTS // self.bank_.shape[0])
-        kth = [(c @ self.bank_.T).topk(self.k, dim=1).values[:, -1] for c in q.split(rows)]  # chunks of (rows,)
-        sim = torch.cat(kth) if kth else q.new_zeros(0)                  # (N,) k-th largest cosine
+        bank_t = self.bank_.to(self.compute_dtype).T.contiguous()        # (D, N_train)
+        q = F.normalize(h, dim=1).to(self.compute_dtype)                 # (N, D)
+        rows = max(1, _CHUNK_ELEMENTS // bank_t.shape[1])
+        kth = [(c @ bank_t).topk(self.k, dim=1, sorted=False).values.min(dim=1).values for c in q.split(rows)]
+        sim = torch.cat(kth).to(torch.float64) if kth else h.new_zeros(0)  # (N,) k-th largest cosine
         return -(2 - 2 * sim).clamp_min(0).sqrt()
 
 
@@ -433,7 +490,7 @@ class GEN(OODScore):
 
 SCORES: dict[str, type[OODScore]] = {
     "msp": MSP, "maxlogit": MaxLogit, "energy": Energy, "mahalanobis": Mahalanobis, "vim": ViM,
-    "neco": NECO, "knn": KNN, "react": ReAct, "ash": ASH, "gen": GEN,
+    "neco": NECO, "knn": KNN, "react": ReAct, "ash": ASH, "gen": GEN, "neco_maxlogit": NECOMaxLogit,
 }
 
 

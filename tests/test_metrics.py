@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pytest
 import torch
@@ -25,7 +27,7 @@ from helpers import metrics
 ])
 def test_hand_counted_cases(id_scores: list, ood_scores: list, expected: dict) -> None:
     out = metrics.ood_metrics(np.array(id_scores), np.array(ood_scores))
-    assert set(out) == {"auroc", "fpr95", "fpr95_ood_positive", "aupr_in", "aupr_out"}
+    assert tuple(out) == metrics.METRICS
     for key, value in expected.items():
         assert out[key] == pytest.approx(value, abs=1e-12), key
 
@@ -64,39 +66,83 @@ def test_sign_handling() -> None:
     assert metrics.ood_metrics(torch.from_numpy(s_id), torch.from_numpy(s_ood)) == pytest.approx(out)
 
 
-@pytest.mark.parametrize("seed, ties", [(0, False), (1, True), (2, True)])
-def test_vectorised_rows_match_roc_curve(seed: int, ties: bool) -> None:
+def test_metric_names_are_constants() -> None:
+    assert metrics.METRICS == (metrics.AUROC, metrics.FPR95, metrics.FPR95_OOD_POSITIVE, metrics.AUPR_IN,
+                               metrics.AUPR_OUT) == ("auroc", "fpr95", "fpr95_ood_positive", "aupr_in", "aupr_out")
+    assert (metrics.low_key(metrics.AUROC), metrics.high_key(metrics.FPR95)) == ("auroc_low", "fpr95_high")
+
+
+def _vim_code_fpr(s_id: np.ndarray, s_ood: np.ndarray) -> float:
+    """haoqiwang/vim benchmark.py: threshold = the floor(0.95 n)-th largest ID score."""
+    return float(np.mean(s_ood >= np.sort(s_id)[-int(np.floor(0.95 * s_id.size))]))
+
+
+def test_fpr95_order_statistics_by_hand() -> None:
+    # n = 10 ID scores 1..10: ceil(9.5) = 10 kept, tau = the 10th largest = 1, OOD >= 1 are 1.5 and 3: 2/3.
+    # The ViM/NECO code keeps floor(9.5) = 9, tau = 2, and counts only 3: 1/3.
+    # OOD positive: ceil(0.95 * 3) = 3, tau' = the 3rd smallest OOD score = 3, ID <= 3 are 1, 2, 3: 3/10.
+    s_id, s_ood = np.arange(1.0, 11.0), np.array([1.5, 0.5, 3.0])
+    out = metrics.ood_metrics(s_id, s_ood)
+    assert metrics.n_kept(10) == 10 and metrics.n_kept(20) == 19 and metrics.n_kept(3) == 3
+    assert out["fpr95"] == pytest.approx(2 / 3) and _vim_code_fpr(s_id, s_ood) == pytest.approx(1 / 3)
+    assert out["fpr95_ood_positive"] == pytest.approx(3 / 10)
+    # n = 20: 0.95 n = 19 is an integer, both rules keep 19 ID scores (tau = 2) and agree: OOD >= 2 is 3 only
+    s_id20 = np.arange(1.0, 21.0)
+    assert metrics.ood_metrics(s_id20, s_ood)["fpr95"] == pytest.approx(1 / 3) == _vim_code_fpr(s_id20, s_ood)
+    # ties at the threshold count as accepted (>=) and as flagged (<=)
+    tied = metrics.ood_metrics(np.array([1.0, 1.0, 2.0]), np.array([1.0, 0.0]))
+    assert tied["fpr95"] == pytest.approx(1 / 2) and tied["fpr95_ood_positive"] == pytest.approx(2 / 3)
+
+
+def _loop_replicates(s_id: np.ndarray, s_ood: np.ndarray, n_boot: int, seed: int) -> dict[str, np.ndarray]:
+    """The straightforward bootstrap: one replicate at a time, ``ood_metrics`` (scikit-learn) on each."""
+    rng_id, rng_ood = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
+    rows = [metrics.ood_metrics(s_id[rng_id.integers(0, s_id.size, s_id.size)],
+                                s_ood[rng_ood.integers(0, s_ood.size, s_ood.size)]) for _ in range(n_boot)]
+    return {k: np.array([r[k] for r in rows]) for k in metrics.METRICS}
+
+
+@pytest.mark.parametrize("seed, ties, block", [(0, False, 2**22), (1, True, 2**22), (2, True, 500), (3, False, 90)])
+def test_bootstrap_equals_loop(seed: int, ties: bool, block: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(metrics, "_BLOCK_ELEMENTS", block)              # small blocks: several per call
     rng = np.random.default_rng(seed)
-    s_id, s_ood = rng.normal(0.8, 1.0, (6, 37)), rng.normal(0.0, 1.0, (6, 23))
+    s_id, s_ood = rng.normal(0.8, 1.0, 97), rng.normal(0.0, 1.3, 61)
     if ties:
         s_id, s_ood = np.round(s_id, 1), np.round(s_ood, 1)
-    expected = [metrics.ood_metrics(a, b) for a, b in zip(s_id, s_ood, strict=True)]
-    np.testing.assert_allclose(metrics._auroc_rows(s_id, s_ood), [e["auroc"] for e in expected], rtol=1e-12)
-    np.testing.assert_allclose(metrics._fpr95_rows(s_id, s_ood), [e["fpr95"] for e in expected], rtol=1e-12)
+    fast = metrics.bootstrap_replicates(s_id, s_ood, n_boot=40, seed=seed)
+    loop = _loop_replicates(s_id, s_ood, 40, seed)
+    for k in metrics.METRICS:
+        np.testing.assert_allclose(fast[k], loop[k], rtol=0, atol=1e-12, err_msg=k)
+    intervals = metrics.bootstrap(s_id, s_ood, n_boot=40, seed=seed, level=0.9)
+    for k in metrics.METRICS:
+        assert intervals[k] == pytest.approx(tuple(np.quantile(loop[k], [0.05, 0.95])), abs=1e-12)
 
 
 def test_bootstrap_is_seeded_and_contains_estimate() -> None:
+    assert inspect.signature(metrics.bootstrap).parameters["n_boot"].default >= 1000
+    assert inspect.signature(metrics.summary).parameters["n_boot"].default >= 1000
     rng = np.random.default_rng(3)
     s_id, s_ood = rng.normal(1.0, 1.0, 300), rng.normal(0.0, 1.0, 250)
-    a = metrics.bootstrap(s_id, s_ood, n_boot=100, seed=7)
-    assert a == metrics.bootstrap(s_id, s_ood, n_boot=100, seed=7)
-    assert a != metrics.bootstrap(s_id, s_ood, n_boot=100, seed=8)
+    a = metrics.bootstrap(s_id, s_ood, seed=7)
+    assert a == metrics.bootstrap(s_id, s_ood, seed=7)
+    assert a != metrics.bootstrap(s_id, s_ood, seed=8)
     point = metrics.ood_metrics(s_id, s_ood)
-    for key in ("auroc", "fpr95"):
+    assert set(a) == set(metrics.METRICS)
+    for key in metrics.METRICS:
         low, high = a[key]
         assert low < point[key] < high
-    wide = metrics.bootstrap(s_id, s_ood, n_boot=100, seed=7, level=0.99)["auroc"]
-    assert wide[0] <= a["auroc"][0] and wide[1] >= a["auroc"][1]
+    wide = metrics.bootstrap(s_id, s_ood, n_boot=300, seed=7, level=0.99)["auroc"]
+    narrow = metrics.bootstrap(s_id, s_ood, n_boot=300, seed=7, level=0.8)["auroc"]
+    assert wide[0] <= narrow[0] and wide[1] >= narrow[1]
 
 
 def test_summary_and_table() -> None:
     rng = np.random.default_rng(4)
     s_id, s_ood = rng.normal(1.0, 1.0, 100), rng.normal(0.0, 1.0, 80)
     summ = metrics.summary(s_id, s_ood, n_boot=50, seed=0)
-    assert list(summ) == ["auroc", "auroc_low", "auroc_high", "fpr95", "fpr95_low", "fpr95_high",
-                          "fpr95_ood_positive", "aupr_in", "aupr_out"]
+    assert list(summ) == [k for name in metrics.METRICS for k in (name, f"{name}_low", f"{name}_high")]
     assert summ["auroc"] == pytest.approx(metrics.ood_metrics(s_id, s_ood)["auroc"])
-    assert np.isnan(metrics.summary(s_id, s_ood, n_boot=0)["auroc_low"])
+    assert np.isnan(metrics.summary(s_id, s_ood, n_boot=0)["aupr_out_low"])
 
     results = {"energy": {"svhn": {"auroc": 0.9, "fpr95": 0.3}, "dtd": {"auroc": 0.801234, "fpr95": 0.5}},
                "neco": {"svhn": {"auroc": 0.95, "fpr95": 0.2}, "dtd": {"auroc": 0.85, "fpr95": 0.25}}}

@@ -62,6 +62,12 @@ def _fit(score: ood.OODScore, data: dict[str, np.ndarray]) -> ood.OODScore:
     return score.fit(data["h"], data["z"], data["y"], data["W"], data["b"])
 
 
+def _f64(score: ood.OODScore) -> ood.OODScore:
+    """The score with every product in float64, for formula tests at rtol 1e-9."""
+    score.compute_dtype = torch.float64
+    return score
+
+
 def _auroc_ours(score: ood.OODScore, data: dict[str, np.ndarray]) -> float:
     s_id, s_ood = score.score(data["h_id"], data["z_id"]), score.score(data["h_ood"], data["z_ood"])
     return roc_auc_score(np.r_[np.ones(s_id.size), np.zeros(s_ood.size)], np.r_[s_id, s_ood])
@@ -87,7 +93,9 @@ def test_api(name: str, gauss: dict[str, np.ndarray]) -> None:
 
 @pytest.mark.parametrize("name", sorted(ood.SCORES))
 def test_sign_id_scores_higher(name: str, collapsed: dict[str, np.ndarray]) -> None:
-    options = {"react": {"percentile": 99}}.get(name, {})
+    # standardising would blow up the toy's near-constant dimensions 8-15, where its OOD features live
+    options = {"react": {"percentile": 99}, "neco": {"standardize": False},
+               "neco_maxlogit": {"standardize": False}}.get(name, {})
     score = _fit(ood.make_score(name, **options), collapsed)
     s_id = score.score(collapsed["h_id"], collapsed["z_id"])
     s_ood = score.score(collapsed["h_ood"], collapsed["z_ood"])
@@ -175,12 +183,77 @@ def test_mahalanobis_singular_covariance(gauss: dict[str, np.ndarray]) -> None:
     np.testing.assert_allclose(ours, _naive_mahalanobis(data["h"], data["y"], data["h_ood"]), rtol=1e-8)
 
 
+def _symmetric_classes(K_: int = 4) -> dict[str, np.ndarray]:
+    """K classes at 3 e_c in K dimensions, each with deviations +-e_j: exact means, Sigma_W = I / K."""
+    devs = np.concatenate([np.eye(K_), -np.eye(K_)])                    # (2K, K)
+    h = np.concatenate([3.0 * np.eye(K_)[c] + devs for c in range(K_)])  # (2K^2, K)
+    y = np.repeat(np.arange(K_), 2 * K_)
+    return dict(h=h, y=y, z=h.copy(), W=np.eye(K_), b=np.zeros(K_))
+
+
+def test_mahalanobis_is_twice_the_log_likelihood_within_2_log_K() -> None:
+    # S = -min_c d_c^2 and 2 L = 2 LSE_c(-d_c^2 / 2) (balanced Gaussian mixture, constants dropped):
+    # S <= 2 L <= S + 2 log K, with equality on the right where all d_c are equal (here h = 0).
+    data = _symmetric_classes()
+    K_ = data["W"].shape[0]
+    maha = _fit(ood.Mahalanobis(), data)
+    np.testing.assert_allclose(maha.precision_, K_ * np.eye(K_), atol=1e-9)      # Sigma_W = I / K
+    pts = np.concatenate([np.random.default_rng(6).normal(size=(200, K_)) * 3, np.zeros((1, K_))])
+    d2 = K_ * ((pts[:, None, :] - 3.0 * np.eye(K_)[None]) ** 2).sum(-1)          # (N, K)
+    S, two_L = maha.score(pts, pts), 2 * logsumexp(-d2 / 2, axis=1)
+    np.testing.assert_allclose(S, -d2.min(axis=1), rtol=1e-9)
+    gap = two_L - S
+    assert (gap >= -1e-9).all() and (gap <= 2 * np.log(K_) + 1e-9).all()
+    assert gap[-1] == pytest.approx(2 * np.log(K_), abs=1e-9)                    # > log K: the old bound fails
+
+
+@pytest.mark.parametrize("per_class, rank", [(4, 10), (2, 5)])
+def test_within_class_rank_is_n_minus_k(per_class: int, rank: int) -> None:
+    # D = 10, K = 5: 4 images per class (fewer than D) still give full rank, since N - K = 15 >= D;
+    # 2 per class give rank N - K = 5. The rank is min(N - K, D), not limited by the images per class.
+    rng = np.random.default_rng(7)
+    K_, D_ = 5, 10
+    y = np.repeat(np.arange(K_), per_class)
+    h = rng.normal(size=(y.size, D_)) + 3 * rng.normal(size=(K_, D_))[y]
+    maha = ood.Mahalanobis().fit(h, h[:, :K_], y, np.eye(K_, D_), np.zeros(K_))
+    assert maha.whitener_.shape[1] == rank == min(y.size - K_, D_)
+
+
 def test_vim_default_dim_rule() -> None:
     assert [ood.vim_default_dim(n) for n in (4096, 2048, 1024, 768, 512, 16)] == [1000, 1000, 512, 512, 256, 8]
 
 
+@pytest.mark.parametrize("D_, K_, d", [(4096, 1000, 1000), (2048, 10, 1000), (768, 1000, 512), (512, 100, 256),
+                                     (128, 10, 64), (64, 100, 32), (16, 12, 12), (512, 300, 300), (16, None, 8)])
+def test_vim_default_dim_with_classes(D_: int, K_: int | None, d: int) -> None:
+    assert ood.vim_default_dim(D_, K_) == d
+
+
+def _collapsed_uncentred(K_: int = 12, D_: int = 16, seed: int = 5) -> dict[str, np.ndarray]:
+    """Features within 1e-3 of K generic class means in D > K dimensions, W = class means, b = 0 (u = 0)."""
+    rng = np.random.default_rng(seed)
+    mu = rng.normal(size=(K_, D_)) + 2.0                                 # (K, D), affinely generic
+    y = np.arange(40 * K_) % K_
+    h = mu[y] + 1e-3 * rng.normal(size=(y.size, D_))
+    return dict(h=h, y=y, z=h @ mu.T, W=mu, b=np.zeros(K_))
+
+
+def test_vim_default_dim_keeps_class_means_out_of_the_residual() -> None:
+    # About u the second moment of collapsed features has rank K (K - 1 simplex directions plus the mean's):
+    # with d = K the residual is only the noise; with d = K - 1 or the old D // 2 it holds a class-mean direction.
+    data = _collapsed_uncentred()
+    K_, D_ = data["W"].shape
+    assert ood.vim_default_dim(D_, K_) == K_ > D_ // 2
+    default = _fit(_f64(ood.ViM()), data)
+    assert default.dim_ == K_
+    res = {d: _fit(_f64(ood.ViM(dim=d)), data).residual(data["h"]).mean() for d in (K_ - 1, D_ // 2)}
+    noise = default.residual(data["h"]).mean()
+    assert noise < 5e-3                                                  # sqrt(D - K) * 1e-3 = 2e-3
+    assert min(res.values()) > 100 * noise
+
+
 def test_vim_by_formula(gauss: dict[str, np.ndarray]) -> None:
-    vim = _fit(ood.ViM(dim=6), gauss)
+    vim = _fit(_f64(ood.ViM(dim=6)), gauss)
     u = -np.linalg.pinv(gauss["W"]) @ gauss["b"]
     x = gauss["h"] - u
     _, vecs = np.linalg.eigh(x.T @ x / x.shape[0])
@@ -206,7 +279,7 @@ def _neco_problem() -> dict[str, np.ndarray]:
 
 def test_neco_known_ratios() -> None:
     data = _neco_problem()
-    neco = _fit(ood.NECO(dim=3, maxlogit=False), data)
+    neco = _fit(_f64(ood.NECO(dim=3, standardize=False)), data)
     inside, orthogonal, mixed = np.zeros(D), np.zeros(D), np.zeros(D)
     inside[:3] = [1.0, -2.0, 0.5]
     orthogonal[7] = 1.0
@@ -214,21 +287,21 @@ def test_neco_known_ratios() -> None:
     h = np.stack([inside, orthogonal, mixed])
     z = h @ data["W"].T
     np.testing.assert_allclose(neco.score(h, z), [1.0, 0.0, 0.6], atol=1e-12)
-    with_logit = _fit(ood.NECO(dim=3), data).score(h, z)
+    with_logit = _fit(_f64(ood.NECOMaxLogit(dim=3, standardize=False)), data).score(h, z)
     np.testing.assert_allclose(with_logit, np.array([1.0, 0.0, 0.6]) * z.max(axis=1), atol=1e-12)
 
 
 def test_neco_explained_variance_choice() -> None:
     data = _neco_problem()
     for target, d in ((0.4, 1), (0.75, 2), (0.85, 3), (1.0, 3)):
-        neco = _fit(ood.NECO(explained_variance=target), data)
+        neco = _fit(_f64(ood.NECO(explained_variance=target, standardize=False)), data)
         assert neco.dim_ == d
     np.testing.assert_allclose(neco.explained_variance_ratio_[:3], [0.5, 0.8, 1.0], rtol=1e-12)
     assert neco.explained_variance_ratio_.shape == (D,)
 
 
 def test_neco_standardize_matches_zscore(gauss: dict[str, np.ndarray]) -> None:
-    neco = _fit(ood.NECO(dim=5, standardize=True, maxlogit=False), gauss)
+    neco = _fit(_f64(ood.NECO(dim=5, standardize=True, maxlogit=False)), gauss)
     x = (gauss["h"] - gauss["h"].mean(0)) / gauss["h"].std(0)
     _, vecs = np.linalg.eigh(x.T @ x / x.shape[0])
     P = vecs[:, ::-1][:, :5]
@@ -237,11 +310,48 @@ def test_neco_standardize_matches_zscore(gauss: dict[str, np.ndarray]) -> None:
     np.testing.assert_allclose(neco.score(gauss["h_id"], gauss["z_id"]), expected, rtol=1e-9)
 
 
+def test_neco_variants_and_registry() -> None:
+    # "neco" is the paper's ResNet-18 variant (standardised, no max logit); the max-logit one comes after the ten
+    assert list(ood.SCORES)[:10] == ["msp", "maxlogit", "energy", "mahalanobis", "vim", "neco", "knn", "react",
+                                     "ash", "gen"]
+    assert list(ood.SCORES)[10:] == ["neco_maxlogit"]
+    assert ood.make_score("neco").get_params() == dict(dim=None, explained_variance=0.9, standardize=True,
+                                                       maxlogit=False)
+    assert ood.make_score("neco_maxlogit").get_params()["maxlogit"] is True
+
+
+@pytest.mark.parametrize("name", ["neco", "neco_maxlogit"])
+def test_neco_matches_authors_procedure(name: str, gauss: dict[str, np.ndarray]) -> None:
+    """StandardScaler, full sklearn PCA, ||first d PCA coordinates|| / ||z-scored h|| (times the max logit)."""
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(gauss["h"])
+    pca = PCA(D).fit(scaler.transform(gauss["h"]))
+    x = scaler.transform(gauss["h_ood"])
+    expected = np.linalg.norm(pca.transform(x)[:, :5], axis=1) / np.linalg.norm(x, axis=1)
+    if name == "neco_maxlogit":
+        expected = expected * gauss["z_ood"].max(axis=1)
+    ours = _fit(_f64(ood.make_score(name, dim=5)), gauss).score(gauss["h_ood"], gauss["z_ood"])
+    np.testing.assert_allclose(ours, expected, rtol=1e-8)
+
+
+@pytest.mark.parametrize("name, options", [("vim", {"dim": 6}), ("neco", {}), ("neco_maxlogit", {}),
+                                           ("knn", {"k": 10})])
+def test_float32_products_keep_auroc(name: str, options: dict, gauss: dict[str, np.ndarray]) -> None:
+    fast = _fit(ood.make_score(name, **options), gauss)
+    exact = _fit(_f64(ood.make_score(name, **options)), gauss)
+    assert fast.compute_dtype == torch.float32
+    assert abs(_auroc_ours(fast, gauss) - _auroc_ours(exact, gauss)) < 1e-6
+    np.testing.assert_allclose(fast.score(gauss["h_ood"], gauss["z_ood"]),
+                               exact.score(gauss["h_ood"], gauss["z_ood"]), rtol=1e-4, atol=1e-5)
+
+
 def test_knn_kth_neighbour() -> None:
     angles = np.array([0.0, 0.1, 0.3, 0.6])                              # training points on the unit circle
     h = np.c_[np.cos(angles), np.sin(angles)] * np.array([[1.0], [2.0], [0.5], [3.0]])  # norms do not matter
     W, b = np.eye(2), np.zeros(2)
-    knn = ood.KNN(k=2).fit(h, h, np.array([0, 1, 0, 1]), W, b)
+    knn = _f64(ood.KNN(k=2)).fit(h, h, np.array([0, 1, 0, 1]), W, b)
     q = np.array([[1.0, 0.0]])                                           # 2nd nearest is angle 0.1
     assert knn.score(q, q)[0] == pytest.approx(-2 * np.sin(0.05), rel=1e-9)
 
