@@ -1,17 +1,25 @@
 """Checkpoints written atomically and found by the epoch stored inside them.
 
-A checkpoint is written to a temporary file, flushed with ``fsync`` and renamed into place, so a file
-named ``epoch-*.pt`` is always complete; a truncated or foreign file is reported, never loaded silently.
+A checkpoint is written through :func:`helpers.artifacts.write_torch` (temporary file, ``fsync``, rename), so
+a file named ``epoch-*.pt`` is always complete; a truncated or foreign file is reported, never loaded silently.
+Each one stores the SHA-256 of its weights, computed once when it is saved, so the feature cache is keyed by
+the checkpoint's content without hashing it again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from .artifacts import ArtifactsError, ensure_writable, write_torch
+
+__all__ = ["FORMAT", "ArtifactsError", "CheckpointError", "check_matches", "checkpoint_epochs", "digest",
+           "ensure_writable", "list_checkpoints", "load", "remove_stale_tmp", "save_atomic", "weights_digest"]
 
 FORMAT = "oodnc-checkpoint-v1"
 
@@ -21,24 +29,32 @@ class CheckpointError(RuntimeError):
 
 
 def save_atomic(obj: dict[str, Any], path: Path) -> Path:
-    """Write ``obj`` to ``path`` via a temporary file, fsync and rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save({"format": FORMAT, **obj}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return path
+    """Write ``obj`` to ``path`` atomically, with the digest of its weights (see :func:`digest`) stored inside."""
+    extra = {"digest": weights_digest(obj["model"])} if isinstance(obj.get("model"), dict) else {}
+    return write_torch({"format": FORMAT, **obj, **extra}, path)
+
+
+def weights_digest(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 (16 hex digits) of a state dict's names, dtypes, shapes and bytes: what a forward pass depends on."""
+    sha = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        sha.update(f"{name} {t.dtype} {tuple(t.shape)};".encode())
+        sha.update(t.reshape(-1).view(torch.uint8).numpy().data)
+    return sha.hexdigest()[:16]
+
+
+def digest(path: Path) -> str:
+    """The feature cache's key for checkpoint ``path``: the weights digest recorded when it was saved, read from
+    its metadata (tensors memory-mapped, not read); a checkpoint without one is hashed byte by byte."""
+    stored = load(path, mmap=True).get("digest")
+    if stored:
+        return str(stored)
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            sha.update(chunk)
+    return "file-" + sha.hexdigest()[:16]
 
 
 def load(path: Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict[str, Any]:
@@ -66,26 +82,8 @@ def check_matches(blob: dict[str, Any], path: Path, num_classes: int, width: int
             f"width {width} and {num_classes} classes; point -p artifacts elsewhere or remove that folder.")
 
 
-class ArtifactsError(OSError):
-    """The artifacts folder cannot be created or written."""
-
-
-def ensure_writable(folder: Path) -> Path:
-    """Create ``folder`` and check that a file can be written there; raise :class:`ArtifactsError` otherwise."""
-    folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise ArtifactsError(f"cannot write to the artifacts folder {folder} ({err.strerror or type(err).__name__}); "
-                             "pass -p artifacts PATH with a writable PATH.") from None
-    return folder
-
-
 def remove_stale_tmp(folder: Path) -> list[Path]:
-    """Delete temporary files left by a killed :func:`save_atomic` (their writer's process is gone)."""
+    """Delete temporary files left by a killed atomic write (their writer's process is gone)."""
     removed = []
     for tmp in Path(folder).glob(".*.tmp-*"):
         pid = tmp.name.rsplit("-", 1)[-1]

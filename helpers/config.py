@@ -55,9 +55,9 @@ class Config:
     device: str = "auto"                     # auto | cpu | cuda | cuda:N
     compile: bool = False                    # torch.compile the model (GPU)
     compile_mode: str = "default"            # default | reduce-overhead | max-autotune
-    precision: str = "auto"                  # auto (bf16 on CUDA >= 8.0, fp16 below, fp32 on CPU) | bf16 | fp16 | fp32
+    precision: str = "auto"                  # auto (CUDA: bf16 from capability 8.0, else fp16; CPU: fp32) | ...
     deterministic: bool = False              # CUDA: deterministic algorithms, no cuDNN autotuning (slower)
-    skip_bad_images: bool = False            # image folders: skip unreadable images (with a warning) instead of stopping
+    skip_bad_images: bool = False            # image folders: skip unreadable images with a warning, not stop
     eval_batch_size: int = 512
     artifacts: str = ""                      # "" = $OODNC_ARTIFACTS or <repo>/artifacts
     extra_ood: tuple[str, ...] = field(default=())  # more OOD sets, e.g. ("imagefolder:/data/x",)
@@ -75,7 +75,7 @@ class Config:
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
     def run_dir(self) -> Path:
-        """Artifacts of this configuration: ``<artifacts>/<profile>-<id>-s<seed>-<key>`` (see :mod:`helpers.artifacts`)."""
+        """Artifacts of this configuration, ``<artifacts>/<profile>-<id>-s<seed>-<key>`` (:mod:`helpers.artifacts`)."""
         from .artifacts import RunPaths
 
         return RunPaths.of(self).root

@@ -2,13 +2,16 @@
 
 Scores and collapse metrics take the tensors this module returns and never call the model
 (as pytorch-ood's ``fit_features``/``predict_features`` and neural-collapse's accumulate-then-measure split).
-The cache key covers the checkpoint's content, the data set and the preprocessing, so a warm re-run of
-notebooks 02–05 does not touch the network.
+The cache key covers the checkpoint's content (its digest, recorded when it was saved), the data set (its
+pixel digest, computed once per loaded set), the preprocessing, the precision and the cache format, so a warm
+re-run of notebooks 02–05 does not touch the network; a damaged cache file is a miss, reported and rewritten.
 """
 
 from __future__ import annotations
 
 import hashlib
+import warnings
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .artifacts import RunPaths, write_torch
+from .checkpoint import digest as checkpoint_digest
 from .checkpoint import load as load_checkpoint
 from .config import Config
 from .data import ImageSet, Splits, normalize
@@ -70,64 +75,108 @@ def extract(model: nn.Module, ds: ImageSet, mean: Tensor, std: Tensor, device: t
     return Features(logits, feats, ds.labels.clone(), pooled)
 
 
-def file_digest(path: Path) -> str:
-    """SHA-256 of a file's bytes (first 16 hex digits): the checkpoint part of the cache key."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
+# ------------------------------------------------------------------------------------------------ the cache
+CACHE_FORMAT = "oodnc-features-v2"     # part of every cache key: files of another layout are never read
+
+_SET_DIGESTS: dict[int, tuple[weakref.ref, tuple[int, int, int], str]] = {}
 
 
-def cache_path(cache_dir: Path, checkpoint: Path, ds: ImageSet, mean: Tensor, std: Tensor) -> Path:
-    """Cache file of ``ds`` under ``checkpoint``: keyed by the checkpoint's bytes, the set's name and pixels
-    and the normalisation statistics (changed images never get stale features)."""
-    pixels = hashlib.blake2b(ds.images.contiguous().numpy().tobytes(), digest_size=8).hexdigest()
-    prep = hashlib.sha256(f"{ds.name}|{pixels}|{mean.tolist()}|{std.tolist()}".encode()).hexdigest()[:12]
-    return Path(cache_dir) / file_digest(checkpoint) / f"{ds.name.replace('/', '_').replace(':', '_')}-{prep}.pt"
+def set_digest(ds: ImageSet) -> str:
+    """BLAKE2b of a set's pixels and labels (16 hex digits), computed once per loaded set: remembered while
+    its image tensor lives and neither tensor is changed in place (``Tensor._version``)."""
+    key, stamp = id(ds.images), (ds.images._version, id(ds.labels), ds.labels._version)
+    known = _SET_DIGESTS.get(key)
+    if known is not None and known[0]() is ds.images and known[1] == stamp:
+        return known[2]
+    h = hashlib.blake2b(digest_size=8)
+    for t in (ds.images, ds.labels):
+        h.update(f"{tuple(t.shape)} {t.dtype}".encode())
+        h.update(t.contiguous().numpy().data)
+    _SET_DIGESTS[key] = (weakref.ref(ds.images, lambda _: _SET_DIGESTS.pop(key, None)), stamp, h.hexdigest())
+    return h.hexdigest()
 
 
-def read_cache(path: Path, blocks: bool) -> Features | None:
-    """Cached features, or None when missing (or when block outputs are asked for but were not stored)."""
+def cache_path(cache_dir: Path, checkpoint: Path, ds: ImageSet, mean: Tensor, std: Tensor,
+               precision: str = "fp32", device_type: str = "cpu") -> Path:
+    """Cache file of ``ds`` under ``checkpoint``: keyed by the checkpoint's bytes (:func:`helpers.checkpoint.digest`,
+    recorded when it was saved), the set's name, pixels and labels, the normalisation statistics, the precision
+    and device type of the pass, and :data:`CACHE_FORMAT`; changed images never get stale features."""
+    key = f"{CACHE_FORMAT}|{ds.name}|{set_digest(ds)}|{mean.tolist()}|{std.tolist()}|{precision}|{device_type}"
+    prep = hashlib.sha256(key.encode()).hexdigest()[:12]
+    slug = ds.name.replace("/", "_").replace(":", "_")
+    return Path(cache_dir) / checkpoint_digest(checkpoint) / f"{slug}-{prep}.pt"
+
+
+def blocks_path(path: Path) -> Path:
+    """The block outputs of a cache file live in their own file, written only when they are asked for."""
+    return path.with_name(path.stem + ".blocks.pt")
+
+
+def _read(path: Path, n: int) -> dict | None:
+    """The cache blob at ``path`` when it is complete and holds ``n`` rows; a damaged one gives one warning."""
     if not path.exists():
         return None
-    blob = torch.load(path, weights_only=True)
-    if blocks and blob.get("blocks") is None:
+    try:
+        blob = torch.load(path, weights_only=True)
+        if not isinstance(blob, dict) or blob.get("format") != CACHE_FORMAT:
+            raise ValueError("written by another version")
+        if any(t.shape[0] != n for t in blob["tensors"]):
+            raise ValueError("row counts do not match the set")
+    except Exception as err:  # noqa: BLE001 - truncated zips, garbage and foreign files all mean "recompute"
+        why = (str(err).splitlines() or [""])[0][:100]
+        warnings.warn(f"feature cache {path} is unusable ({type(err).__name__}: {why}); it is recomputed and "
+                      "rewritten.", stacklevel=4)
         return None
-    stored = [b.float() for b in blob["blocks"]] + [blob["features"]] if blocks else None
-    return Features(blob["logits"], blob["features"], blob["labels"], stored)
+    return blob
 
 
-def write_cache(path: Path, f: Features) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    # Blocks 1-7 in float16 on disk (half the size; NC metrics of earlier layers do not need more); block 8 is
-    # the penultimate layer, stored once, in float32, as ``features``.
-    blocks = [b.half() for b in f.blocks[:-1]] if f.blocks is not None else None
-    torch.save({"logits": f.logits, "features": f.features, "labels": f.labels, "blocks": blocks}, tmp)
-    tmp.replace(path)
+def read_cache(path: Path, ds: ImageSet, blocks: bool) -> Features | None:
+    """Cached features of ``ds``, or None on a miss: no file, a damaged file, or block outputs asked for but
+    not stored. Block 8 is the penultimate layer, so ``features`` serves as the last block."""
+    main = _read(path, len(ds))
+    if main is None or not torch.equal(main["tensors"][2], ds.labels):
+        return None
+    logits, feats, labels = main["tensors"]
+    if not blocks:
+        return Features(logits, feats, labels)
+    stored = _read(blocks_path(path), len(ds))
+    return None if stored is None else Features(logits, feats, labels, [b.float() for b in stored["tensors"]] + [feats])
+
+
+def write_cache(path: Path, f: Features) -> Features:
+    """Store ``f`` (and its block outputs, when it has them, in :func:`blocks_path`); returns ``f`` as a later
+    read gives it back. Blocks 1-7 are stored in float16 (half the size; their NC metrics need no more)."""
+    if f.blocks is not None:
+        half = [b.half() for b in f.blocks[:-1]]
+        write_torch({"format": CACHE_FORMAT, "tensors": half}, blocks_path(path))
+        f = Features(f.logits, f.features, f.labels, [b.float() for b in half] + [f.features])
+    write_torch({"format": CACHE_FORMAT, "tensors": [f.logits, f.features, f.labels]}, path)
+    return f
+
+
+def _load_model(checkpoint: Path, device: torch.device) -> nn.Module:
+    blob = load_checkpoint(checkpoint)
+    model = build_model(blob["num_classes"], blob["config"]["width"], device)
+    model.load_state_dict(blob["model"])
+    return model
 
 
 def at_checkpoint(cfg: Config, checkpoint: Path, splits: Splits, sets: dict[str, ImageSet], device: torch.device,
-                  blocks: bool = False) -> dict[str, Features]:
+                  blocks: bool = False, precision: str = "fp32") -> dict[str, Features]:
     """Features of every set in ``sets`` under the weights of ``checkpoint``, through the on-disk cache.
 
-    Each (checkpoint, set) passes through the network once; the model is loaded only on a cache miss, so a
-    warm call never touches the network. A file that holds block outputs also serves calls without them.
+    Each (checkpoint, set, precision) passes through the network once; the model is loaded only on a miss, so
+    a warm call never touches the network. Block outputs are computed and stored only when ``blocks`` is set.
     """
-    cache_dir = cfg.run_dir() / "features"
+    cache_dir = RunPaths.of(cfg).features
+    amp = Precision.for_device(device, precision).name
     model, out = None, {}
     for name, ds in sets.items():
-        path = cache_path(cache_dir, checkpoint, ds, splits.mean, splits.std)
-        out[name] = read_cache(path, blocks)
+        path = cache_path(cache_dir, checkpoint, ds, splits.mean, splits.std, amp, device.type)
+        out[name] = read_cache(path, ds, blocks)
         if out[name] is None:
             if model is None:
-                blob = load_checkpoint(checkpoint)
-                model = build_model(blob["num_classes"], blob["config"]["width"], device)
-                model.load_state_dict(blob["model"])
-            # Labelled (ID) sets always keep the block outputs: the pass costs the same, and notebook 5 needs them.
-            keep_blocks = blocks or bool((ds.labels >= 0).all())
-            f = extract(model, ds, splits.mean, splits.std, device, cfg.eval_batch_size, keep_blocks)
-            write_cache(path, f)
-            out[name] = f if blocks else Features(f.logits, f.features, f.labels)
+                model = _load_model(checkpoint, device)
+            f = extract(model, ds, splits.mean, splits.std, device, cfg.eval_batch_size, blocks, precision=precision)
+            out[name] = write_cache(path, f)
     return out

@@ -4,26 +4,36 @@
 
 ``-p NAME VALUE`` is papermill's spelling: every override goes to every notebook's ``parameters`` cell
 (values are read as YAML, so ``-p epochs 3`` is an int and ``-p augment true`` a bool). A failing notebook
-stops the run with the notebook and cell named, its partly executed copy kept, and no book built.
+stops the run with the notebook and cell named, its partly executed copy kept, and no book built. The
+notebooks' output (training progress included) streams to the terminal while they run.
+
+The run holds the lock of its artifacts folder (:func:`helpers.artifacts.run_lock`): a second run on the same
+folder stops with one line naming the holder, or queues behind it with ``--wait-for-lock``. Ctrl-C (SIGINT)
+or SIGTERM shuts the notebook's kernel down and exits with 130 or 143, saying which checkpoints were kept;
+the same command then resumes from the last one.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
+import logging
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .checkpoint import ArtifactsError, ensure_writable
+from .artifacts import ArtifactsError, RunLockedError, RunPaths, ensure_writable, read_json, run_lock, write_json
+from .checkpoint import CheckpointError, list_checkpoints
 from .config import REPO_ROOT, Config, choose_profile, make_config, resolve_device
 
 NOTEBOOKS = ("01_training", "02_ood_scores", "03_neural_collapse", "04_nc5_ood", "05_earlier_layers")
@@ -33,6 +43,60 @@ MATHJAX = ("es5", "tex-svg.js")
 
 class RunError(RuntimeError):
     """A step of the run failed; the message says which and where to look."""
+
+
+class NotebookFailed(RunError):
+    """A notebook raised; the message names it, the cell and the kept copy."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM reached the runner; ``signum`` says which."""
+
+    def __init__(self, signum: int, message: str = "") -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
+def _raise_interrupted(signum: int, _frame: Any) -> None:
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def interrupts_as_exceptions() -> Iterator[None]:
+    """Turn SIGINT and SIGTERM into :class:`Interrupted` (a KeyboardInterrupt), so ``finally`` blocks run and
+    papermill shuts its kernel down; the previous handlers come back afterwards."""
+    old = {sig: signal.signal(sig, _raise_interrupted) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+class _QuietPapermill(logging.Filter):
+    """Drop papermill's "Passed unknown parameter" notes: :class:`~helpers.config.Config` checks every name."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Passed unknown parameter")
+
+
+_QUIET = _QuietPapermill()
+KERNEL_ARGS = ["--IPKernelApp.log_level=ERROR"]             # no "running over TCP without encryption" notice
+KERNEL_WARNINGS = "ignore:IProgress not found"              # tqdm.auto's note when ipywidgets is missing
+
+
+@contextlib.contextmanager
+def _kernel_environment() -> Iterator[None]:
+    """The kernel inherits this process's environment: silence tqdm's IProgress note there, for this call only."""
+    old = os.environ.get("PYTHONWARNINGS")
+    os.environ["PYTHONWARNINGS"] = ",".join(w for w in (old, KERNEL_WARNINGS) if w)
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["PYTHONWARNINGS"]
+        else:
+            os.environ["PYTHONWARNINGS"] = old
 
 
 def parse_overrides(pairs: list[list[str]]) -> dict[str, Any]:
@@ -63,18 +127,22 @@ def git_commit() -> str:
 
 
 def execute(name: str, out_dir: Path, parameters: dict[str, Any]) -> float:
-    """Run one notebook with papermill into ``out_dir``; returns wall seconds or raises :class:`RunError`."""
+    """Run one notebook with papermill into ``out_dir``, its output streamed live to this terminal; returns
+    wall seconds or raises :class:`RunError`. An interrupt shuts the kernel down at once (no grace period)."""
     import papermill as pm
 
     src, dst = REPO_ROOT / "notebooks" / f"{name}.ipynb", out_dir / f"{name}.ipynb"
+    logging.getLogger("papermill").addFilter(_QUIET)
     start = time.perf_counter()
     try:
-        pm.execute_notebook(src, dst, parameters=parameters, cwd=str(REPO_ROOT / "notebooks"), progress_bar=True,
-                            kernel_name="python3")
+        with _kernel_environment():
+            pm.execute_notebook(src, dst, parameters=parameters, cwd=str(REPO_ROOT / "notebooks"), progress_bar=False,
+                                kernel_name="python3", stdout_file=sys.stdout, stderr_file=sys.stderr,
+                                extra_arguments=KERNEL_ARGS, shutdown_kernel="immediate")
     except pm.PapermillExecutionError as err:
         msg = str(err.evalue).splitlines()[0] if err.evalue else ""
-        raise RunError(f"notebook {name}.ipynb failed in cell {err.exec_count} ({err.ename}: {msg}); "
-                       f"the partly executed notebook is kept at {dst}") from None
+        raise NotebookFailed(f"notebook {name}.ipynb failed in cell {err.exec_count} ({err.ename}: {msg}); "
+                             f"the partly executed notebook is kept at {dst}") from None
     return time.perf_counter() - start
 
 
@@ -116,11 +184,13 @@ def build_book(stage: Path) -> Path:
 
 
 def run(profile: str, overrides: dict[str, Any], only: list[str] | None = None, book: bool = True,
-        out: Path | None = None, seeds: list[int] | None = None, snapshot: bool | None = None) -> Path:
+        out: Path | None = None, seeds: list[int] | None = None, snapshot: bool | None = None,
+        wait_for_lock: bool = False) -> Path:
     """Execute the notebooks in order, once per seed, then build the book; returns the output folder.
 
     ``snapshot`` (default: on for every profile but ``smoke``) refreshes ``results/<profile>-<id set>/`` from
-    the runs, so that the book shows them.
+    the runs, so that the book shows them. Each seed's run folder is locked for the whole run
+    (``wait_for_lock``: queue behind another run instead of stopping).
     """
     name, reason = choose_profile(profile)
     if "profile" in overrides:
@@ -135,43 +205,87 @@ def run(profile: str, overrides: dict[str, Any], only: list[str] | None = None, 
     if only and not chosen:
         raise RunError(f"--only {only} matches no notebook; choose from {', '.join(NOTEBOOKS)}.")
     out = out or REPO_ROOT / "_build" / name
-    for cfg in cfgs:
-        print(f"profile {name} ({reason}), seed {cfg.seed}; artifacts in {cfg.run_dir()}", flush=True)
-        executed = out / "executed" if cfg is cfgs[-1] else out / f"executed-seed-{cfg.seed}"
-        executed.mkdir(parents=True, exist_ok=True)
-        parameters = dict(profile=name, **{**overrides, "seed": cfg.seed})
-        times = {}
-        for i, nb in enumerate(chosen, 1):
-            print(f"[{i}/{len(chosen)}] {nb}.ipynb", flush=True)
+    with contextlib.ExitStack() as locks:
+        for cfg in cfgs:
+            locks.enter_context(_locked(RunPaths.of(cfg), wait_for_lock))
+        for cfg in cfgs:
+            print(f"profile {name} ({reason}), seed {cfg.seed}; artifacts in {cfg.run_dir()}", flush=True)
+            executed = out / "executed" if cfg is cfgs[-1] else out / f"executed-seed-{cfg.seed}"
+            _run_series(cfg, chosen, executed, dict(profile=name, **{**overrides, "seed": cfg.seed}))
+        _finish(name, cfgs, seeds, out, book and len(chosen) == len(NOTEBOOKS), snapshot, len(chosen))
+    return out
+
+
+@contextlib.contextmanager
+def _locked(paths: RunPaths, wait: bool) -> Iterator[None]:
+    """The run folder's lock; with ``wait``, say once whom we wait for, then queue."""
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(run_lock(paths))
+        except RunLockedError as err:
+            if not wait:
+                raise
+            print(f"waiting: {err}", flush=True)
+            stack.enter_context(run_lock(paths, wait=True))
+        yield
+
+
+def _run_series(cfg: Config, chosen: list[str], executed: Path, parameters: dict[str, Any]) -> None:
+    """Execute ``chosen`` notebooks for one seed; an interrupt becomes :class:`Interrupted` saying what was kept."""
+    executed.mkdir(parents=True, exist_ok=True)
+    times: dict[str, float] = {}
+    for i, nb in enumerate(chosen, 1):
+        print(f"[{i}/{len(chosen)}] {nb}.ipynb", flush=True)
+        try:
             times[nb] = round(execute(nb, executed, parameters), 1)
-        write_run_json(cfg, times)
-    complete = len(chosen) == len(NOTEBOOKS)
-    if complete and (snapshot if snapshot is not None else name != "smoke"):
+        except Interrupted as err:
+            write_run_json(cfg, times)
+            raise Interrupted(err.signum, f"interrupted by {signal.Signals(err.signum).name} during {nb}.ipynb; "
+                                          f"{kept(cfg)}; run the same command again to resume.") from None
+    write_run_json(cfg, times)
+
+
+def kept(cfg: Config) -> str:
+    """What an interrupted run leaves: its checkpoints up to the last complete epoch."""
+    folder = RunPaths.of(cfg).checkpoints
+    try:
+        epochs = list(list_checkpoints(folder)) if folder.exists() else []
+    except CheckpointError as err:
+        return f"kept the files in {folder}, but {err}"
+    if not epochs:
+        return "no checkpoint was written yet, so training starts over"
+    return f"kept the checkpoints up to epoch {epochs[-1]} of {cfg.epochs} in {folder}"
+
+
+def _finish(name: str, cfgs: list[Config], seeds: list[int], out: Path, book: bool, snapshot: bool | None,
+            n_chosen: int) -> None:
+    """The snapshot of a complete series (not for ``smoke`` unless asked) and the book."""
+    if n_chosen == len(NOTEBOOKS) and (snapshot if snapshot is not None else name != "smoke"):
         from .results import write_snapshot
 
         print(f"snapshot: {write_snapshot(cfgs[-1], seeds, {c.seed: c.run_dir() for c in cfgs})}", flush=True)
-    if book and complete:
+    if book:
         stage = out / "book"
         stage_book(stage, out / "executed", cfgs)
         print(f"book: {build_book(stage) / 'index.html'}", flush=True)
-    return out
 
 
 def write_run_json(cfg: Config, times: dict[str, float]) -> Path:
     """Provenance of a run: profile, configuration, commit, date, machine and wall time per notebook."""
     import torch
 
-    path = cfg.run_dir() / "run.json"
-    old = json.loads(path.read_text()) if path.exists() else {}
+    path = RunPaths.of(cfg).run_json
+    try:
+        old = read_json(path) or {}
+    except ValueError:                                                    # a damaged run.json is rewritten
+        old = {}
     info = dict(profile=cfg.profile, config=cfg.to_dict(), commit=git_commit(),
                 date=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
                 machine=dict(platform=platform.platform(), processor=platform.machine(), cpus=os.cpu_count(),
                              torch=torch.__version__,
                              gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None),
                 seconds={**old.get("seconds", {}), **times})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
-    return path
+    return write_json(path, info)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -185,13 +299,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="output folder (default: _build/<profile>)")
     parser.add_argument("--snapshot", action=argparse.BooleanOptionalAction, default=None,
                         help="refresh results/<profile>-<id set>/ (default: on except for the smoke profile)")
+    parser.add_argument("--wait-for-lock", action="store_true",
+                        help="if another run uses the same artifacts folder, wait for it instead of stopping")
     args = parser.parse_args(argv)
     try:
-        run(args.profile, parse_overrides(args.parameters), args.only, book=not args.no_book, out=args.out,
-            seeds=args.seeds, snapshot=args.snapshot)
+        with interrupts_as_exceptions():
+            run(args.profile, parse_overrides(args.parameters), args.only, book=not args.no_book, out=args.out,
+                seeds=args.seeds, snapshot=args.snapshot, wait_for_lock=args.wait_for_lock)
     except (ValueError, RunError, FileNotFoundError, ArtifactsError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        lead = "\n" if isinstance(err, NotebookFailed) else ""      # after a progress bar's last \r
+        print(f"{lead}error: {err}", file=sys.stderr)
         return 2 if isinstance(err, ValueError) else 1
+    except Interrupted as err:
+        print(f"\nerror: {err or 'interrupted; finished notebooks and checkpoints are kept.'}", file=sys.stderr)
+        return 128 + err.signum
     return 0
 
 

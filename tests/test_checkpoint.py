@@ -29,7 +29,27 @@ def test_save_atomic_round_trip_and_no_temporary_file(tmp_path: Path) -> None:
     path = ckpt.save_atomic({"epoch": 4, "x": torch.arange(3)}, tmp_path / "sub" / "epoch-0004.pt")
     blob = ckpt.load(path)
     assert blob["format"] == ckpt.FORMAT and blob["epoch"] == 4 and torch.equal(blob["x"], torch.arange(3))
+    assert "digest" not in blob                                        # no weights, nothing to digest
     assert [p.name for p in (tmp_path / "sub").iterdir()] == ["epoch-0004.pt"]
+
+
+def test_the_weights_digest_is_stored_and_depends_on_every_weight(tmp_path: Path) -> None:
+    state = {"b": torch.zeros(3, dtype=torch.bfloat16), "a": torch.arange(4.0), "n": torch.tensor(7)}
+    path = ckpt.save_atomic({"epoch": 1, "model": state}, tmp_path / "epoch-0001.pt")
+    assert ckpt.load(path)["digest"] == ckpt.weights_digest(state) == ckpt.digest(path)
+    assert ckpt.weights_digest(dict(reversed(state.items()))) == ckpt.weights_digest(state)   # order-free
+    for name in state:
+        other = {**state, name: state[name].clone()}
+        other[name].view(-1)[0] += 1
+        assert ckpt.weights_digest(other) != ckpt.weights_digest(state), name
+    assert ckpt.weights_digest({**state, "a": state["a"].double()}) != ckpt.weights_digest(state)  # dtype counts
+
+
+def test_the_artifacts_names_are_the_ones_of_helpers_artifacts() -> None:
+    from helpers import artifacts
+
+    assert ckpt.ArtifactsError is artifacts.ArtifactsError
+    assert ckpt.ensure_writable is artifacts.ensure_writable
 
 
 def test_truncated_checkpoint_is_reported_and_left_alone(trained) -> None:

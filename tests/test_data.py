@@ -71,43 +71,60 @@ def test_unknown_set_and_split_are_rejected(tmp_path: Path) -> None:
         data.load("synthetic", "val", cfg)
 
 
-def test_missing_real_set_offline_says_where_and_how(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _no_network(monkeypatch: pytest.MonkeyPatch) -> None:
     def no_network(*args, **kwargs):
         raise OSError("network disabled in this test")
 
     monkeypatch.setattr(socket, "create_connection", no_network)      # never download, even with internet
     monkeypatch.setattr(socket, "getaddrinfo", no_network)
+
+
+def test_load_of_an_unprepared_real_set_says_how_to_prepare_it(tmp_path: Path) -> None:
+    cfg = make_tiny(tmp_path)
+    with pytest.raises(data.DataNotFoundError) as err:
+        data.load("svhn", "test", cfg)
+    message = str(err.value)
+    assert "\n" not in message
+    assert f"'svhn' (test) is not prepared in {tmp_path / 'data'}" in message
+    assert "run `python -m helpers.data svhn`" in message and "helpers.data.prepare(cfg)" in message
+    assert not (tmp_path / "data").exists()                            # load only reads
+
+
+def test_missing_real_set_offline_says_where_and_how(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _no_network(monkeypatch)
     cfg = make_tiny(tmp_path)
     start = time.monotonic()
     with pytest.raises(data.DataNotFoundError) as err:
-        data.load("svhn", "test", cfg)
+        data.prepare(cfg, {"svhn": ("test",)}, quiet=True)
     assert time.monotonic() - start < 60
     message = str(err.value)
     assert "\n" not in message
-    assert "'svhn' (test) not found in" in message and str(tmp_path / "data") in message
-    assert "-p data_root PATH" in message and "download it with torchvision" in message
-    assert not (tmp_path / "data" / "tensors").exists()                # nothing cached from a failed load
+    assert f"'svhn' (test) not found: no torchvision files in {tmp_path / 'data'}" in message
+    assert "the torchvision download failed" in message and "-p data_root PATH" in message
+    assert data.HOW_TO_GET["svhn"] in message
+    assert not (tmp_path / "data" / "tensors").exists()                # nothing written by a failed prepare
 
 
 def test_missing_real_set_advice_for_fashion_mnist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def no_network(*args, **kwargs):
-        raise OSError("network disabled in this test")
-
-    monkeypatch.setattr(socket, "create_connection", no_network)
-    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    _no_network(monkeypatch)
     monkeypatch.setattr(data, "DEBIAN_FASHION", tmp_path / "no-debian-package")
-    with pytest.raises(data.DataNotFoundError, match=r"'fashion-mnist' \(train\) not found .*apt-get install "
+    with pytest.raises(data.DataNotFoundError, match=r"'fashion-mnist' \(train\) not found: .*apt-get install "
                                                      r"dataset-fashion-mnist"):
-        data.load("fashion-mnist", "train", make_tiny(tmp_path))
+        data.prepare(make_tiny(tmp_path), {"fashion-mnist": ("train",)}, quiet=True)
 
 
 @pytest.mark.skipif(not data.DEBIAN_FASHION.exists(), reason="Debian's dataset-fashion-mnist is not installed")
 def test_fashion_mnist_from_the_debian_package(tmp_path: Path) -> None:
-    ds = data.load("fashion-mnist", "test", make_tiny(tmp_path))
+    cfg = make_tiny(tmp_path)
+    lines = data.prepare(cfg, {"fashion-mnist": ("test",)}, quiet=True)
+    assert lines == [f"prepared fashion-mnist (test): 10,000 images from Debian's dataset-fashion-mnist "
+                     f"({data.DEBIAN_FASHION})"]
+    assert (tmp_path / "data" / "tensors" / "fashion-mnist-test.pt").exists()   # decoded once, then read
+    ds = data.load("fashion-mnist", "test", cfg)
     assert ds.images.shape == (10000, 3, 32, 32) and ds.images.dtype == torch.uint8
     assert torch.bincount(ds.labels).tolist() == [1000] * 10 and len(ds.classes) == 10
     assert torch.equal(ds.images[:, 0], ds.images[:, 1]) and torch.equal(ds.images[:, 0], ds.images[:, 2])
-    assert (tmp_path / "data" / "tensors" / "fashion-mnist-test.pt").exists()   # decoded once, then cached
+    assert ds.source.startswith("Debian's dataset-fashion-mnist")
 
 
 def _png(path: Path, size: tuple[int, int], colour, mode: str = "RGB") -> None:

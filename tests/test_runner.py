@@ -135,8 +135,11 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path: Path) -> None:
     procs = {name: _start_runner(tmp_path / name, "-p", "seed", seed, "--only", "01", "--no-book")
              for name, seed in (("a", "0"), ("b", "0"), ("c", "1"))}
     for name, proc in procs.items():
-        _, stderr = proc.communicate(timeout=600)
+        stdout, stderr = proc.communicate(timeout=600)
         assert proc.returncode == 0, f"run {name} failed:\n{stderr[-3000:]}"
+        assert "training" in stdout + stderr and "loss=" in stdout + stderr   # the notebook's progress, live
+        for noise in ("IProgress", "without encryption", "Passed unknown parameter", "Executing:"):
+            assert noise not in stdout + stderr, (name, noise)
     files = {name: list((tmp_path / name / "artifacts").glob("smoke-*/metrics/training.json")) for name in procs}
     assert all(len(f) == 1 for f in files.values()), files
     a, b, c = (files[name][0].read_bytes() for name in ("a", "b", "c"))
