@@ -118,7 +118,7 @@ def roc_curves(raw: dict[str, dict[str, np.ndarray]], id_name: str, ood_name: st
 
 def neco_dim_sweep(sweep: dict) -> plt.Figure:
     """AUROC of NECO against d per OOD set (log x axis), cumulative explained variance on a twin axis,
-    and the d of the explained-variance rule marked; ``sweep`` as returned by ``evaluation.neco_sweep``."""
+    and the d of the explained-variance rule marked; ``sweep`` as returned by ``protocol.neco_sweep``."""
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     for name, auroc in sweep["auroc"].items():
         ax.plot(sweep["dims"], auroc, marker=".", lw=1.2, label=name)
@@ -244,7 +244,7 @@ def _frame_limit(frames: list[dict]) -> float:
 
 
 def class_means_snapshots(frames: list[dict], n_panels: int = 4) -> plt.Figure:
-    """Frames of :func:`helpers.trajectory.mean_geometry_frames` at ``n_panels`` evenly spaced checkpoints."""
+    """Frames of :func:`helpers.sweep.mean_geometry_frames` at ``n_panels`` evenly spaced checkpoints."""
     picks = sorted(set(np.linspace(0, len(frames) - 1, min(n_panels, len(frames))).round().astype(int)))
     limit = _frame_limit(frames)
     fig, axes = plt.subplots(1, len(picks), figsize=(3.2 * len(picks), 3.6), squeeze=False, layout="constrained")
@@ -256,11 +256,10 @@ def class_means_snapshots(frames: list[dict], n_panels: int = 4) -> plt.Figure:
 
 def class_means_gif(frames: list[dict], path, ms_per_frame: int = 700) -> str:
     """Write the frames as an animated GIF at ``path`` (looping, last frame held longer); returns the path."""
-    from pathlib import Path
-
     import imageio.v3 as iio  # only this function needs it
 
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    from .artifacts import atomic_write
+
     limit, images = _frame_limit(frames), []
     for frame in frames:
         fig, ax = plt.subplots(figsize=(4.2, 4.2), dpi=90)
@@ -269,8 +268,8 @@ def class_means_gif(frames: list[dict], path, ms_per_frame: int = 700) -> str:
         images.append(np.asarray(fig.canvas.buffer_rgba())[..., :3].copy())   # (H, W, 3) uint8
         plt.close(fig)
     durations = [ms_per_frame] * (len(images) - 1) + [3 * ms_per_frame]
-    iio.imwrite(path, np.stack(images), extension=".gif", duration=durations, loop=0)
-    return str(path)
+    gif = iio.imwrite("<bytes>", np.stack(images), extension=".gif", duration=durations, loop=0)
+    return str(atomic_write(path, lambda f: f.write(gif)))
 
 
 def nc5_curves(rows: list[dict], tpt_epoch: int | None = None) -> plt.Figure:

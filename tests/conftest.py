@@ -25,6 +25,21 @@ def make_tiny(tmp_path: Path, **overrides) -> config.Config:
     return config.make_config("smoke", **values)
 
 
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """One tiny trained run shared by the test files of the sweep and of ``helpers.evaluate`` (trained once per
+    session): (cfg, splits, OOD sets, {epoch: checkpoint}) with 6 classes, width 4, 2 epochs, a checkpoint each."""
+    from helpers import data, train
+
+    root = tmp_path_factory.mktemp("tiny-run")
+    cfg = config.make_config("smoke", num_classes=6, per_class=6, width=4, epochs=2, checkpoint_every=1,
+                             batch_size=8, ood_subset=20, ood_datasets=("synthetic-digits", "synthetic-near"),
+                             artifacts=str(root / "artifacts"), data_root=str(root / "data"))
+    splits = data.id_splits(cfg)
+    _, _, checkpoints = train.load_or_train(cfg, splits, torch.device("cpu"), progress=False)
+    return cfg, splits, data.ood_sets(cfg), checkpoints
+
+
 @pytest.fixture
 def tiny_cfg(tmp_path: Path) -> config.Config:
     return make_tiny(tmp_path)

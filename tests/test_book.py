@@ -1,13 +1,16 @@
 """The README's main command end to end: the smoke book is built by the runner and read in a real browser.
 
-Runs ``python -m helpers.run --profile smoke`` (the entry point of ``make book``), then opens every page of
-the table of contents in Debian's headless Chromium and checks what it renders: each page has its heading,
-no image is broken, equations are typeset by MathJax (no raw TeX left), and nothing is fetched from the
-network.
+Runs ``python -m helpers.run --profile smoke`` (the entry point of ``make book``) once per test session, then
+checks the executed notebooks (the property nbval checked with a second execution of the series: every
+notebook runs top to bottom in a fresh kernel without an error, and every ``# NBVAL_CHECK_OUTPUT`` cell prints)
+and opens every page of the table of contents in Debian's headless Chromium to check what it renders: each
+page has its heading, no image is broken, equations are typeset by MathJax (no raw TeX left), and nothing is
+fetched from the network.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -17,10 +20,12 @@ import pytest
 import yaml
 
 from helpers.config import REPO_ROOT
+from helpers.run import NOTEBOOKS
 
 from .browser import chromium, render
 
 HTML = REPO_ROOT / "_build" / "smoke" / "book" / "_build" / "html"
+EXECUTED = REPO_ROOT / "_build" / "smoke" / "executed"
 MATHS_PAGES = ("book/metrics", "book/scores", "book/collapse")
 
 
@@ -30,7 +35,7 @@ def toc_pages() -> list[str]:
     return [f"{p}.html" for p in pages]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def built_book() -> Path:
     env = {**os.environ, "MPLBACKEND": "Agg"}
     result = subprocess.run([sys.executable, "-m", "helpers.run", "--profile", "smoke"], cwd=REPO_ROOT, env=env,
@@ -62,3 +67,16 @@ def test_book_pages_render_in_chromium(built_book: Path, tmp_path: Path) -> None
             assert r.maths > 10, f"{r.path}: only {r.maths} typeset equations"
         if r.path.startswith("notebooks/"):
             assert r.images > 0, f"{r.path}: the executed notebook shows no figure"
+
+
+@pytest.mark.slow
+def test_every_notebook_ran_without_error_and_printed_its_checked_cells(built_book: Path) -> None:
+    for name in NOTEBOOKS:
+        cells = [c for c in json.loads((EXECUTED / f"{name}.ipynb").read_text())["cells"] if c["cell_type"] == "code"]
+        assert all(c["execution_count"] is not None for c in cells), f"{name}: a cell did not run"
+        errors = [o for c in cells for o in c["outputs"] if o["output_type"] == "error"]
+        assert not errors, f"{name}: {errors[0]['ename']}: {errors[0]['evalue']}"
+        for c in cells:
+            if "".join(c["source"]).startswith("# NBVAL_CHECK_OUTPUT"):
+                text = "".join("".join(o.get("text", "")) for o in c["outputs"] if o["output_type"] == "stream")
+                assert text.strip(), f"{name}: a checked cell printed nothing"

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
-from helpers import report, results
+from helpers import artifacts, report, results
+from helpers import checkpoint as ckpt
+from helpers.artifacts import RunPaths, write_json
+from helpers.model import build_model
 
 from .conftest import make_tiny
 
@@ -30,7 +32,8 @@ def _fake_run(cfg, auroc: float) -> None:
     run_json = dict(profile="smoke", config=cfg.to_dict(), commit="abc1234", date="2026-11-24 00:00 UTC",
                     machine=dict(platform="test", processor="x86_64", cpus=2, torch="2", gpu=None),
                     seconds={"01_training": 10.0})
-    (cfg.run_dir() / "run.json").write_text(json.dumps(run_json))
+    write_json(RunPaths.of(cfg).run_json, run_json)
+    ckpt.save_atomic({"model": build_model(5, 4).state_dict(), "epoch": 8}, RunPaths.of(cfg).checkpoints / "e8.pt")
 
 
 def test_single_run_shows_intervals_and_collapse_trend(tmp_path: Path) -> None:
@@ -44,12 +47,14 @@ def test_single_run_shows_intervals_and_collapse_trend(tmp_path: Path) -> None:
 
 
 def test_snapshot_of_two_seeds_reports_mean_and_std(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(results, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(artifacts, "RESULTS", tmp_path / "results")
     cfgs = {s: make_tiny(tmp_path, seed=s) for s in (0, 1)}
     for seed, auroc in ((0, 0.8), (1, 0.9)):
         _fake_run(cfgs[seed], auroc)
     dest = results.write_snapshot(cfgs[1], [0, 1], {s: c.run_dir() for s, c in cfgs.items()})
     assert sorted(p.name for p in (dest / "metrics").iterdir()) == ["seed-0", "seed-1"]
+    assert sorted(p.name for p in dest.glob("weights-seed-*.pt")) == ["weights-seed-0.pt", "weights-seed-1.pt"]
+    assert dest == artifacts.snapshot_dir(cfgs[1])
     assert not list(dest.parent.glob("*.partial"))
     md = results.results_markdown(make_tiny(tmp_path / "other"))
     assert f"Snapshot `{dest.name}` (committed)" in md
@@ -57,7 +62,7 @@ def test_snapshot_of_two_seeds_reports_mean_and_std(tmp_path: Path, monkeypatch:
 
 
 def test_snapshot_replaces_the_previous_one_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(results, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(artifacts, "RESULTS", tmp_path / "results")
     cfg = make_tiny(tmp_path)
     _fake_run(cfg, 0.8)
     report.save_metrics(cfg, "stale", {"x": 1})
@@ -65,3 +70,27 @@ def test_snapshot_replaces_the_previous_one_whole(tmp_path: Path, monkeypatch: p
     (cfg.run_dir() / "metrics" / "stale.json").unlink()
     dest = results.write_snapshot(cfg, [cfg.seed], {cfg.seed: cfg.run_dir()})
     assert not (dest / "metrics" / f"seed-{cfg.seed}" / "stale.json").exists()
+
+
+def test_scores_are_ordered_by_the_registry() -> None:
+    from helpers.ood import SCORES
+
+    assert results._order(["zzz", *reversed(SCORES)]) == [*SCORES, "zzz"]
+
+
+def test_metrics_and_figures_go_through_the_atomic_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    real = artifacts.atomic_write
+    monkeypatch.setattr(artifacts, "atomic_write", lambda path, write, *a: written.append(path) or real(path, write))
+    monkeypatch.setattr(report, "atomic_write", artifacts.atomic_write)
+    cfg = make_tiny(tmp_path)
+    report.save_metrics(cfg, "m", {"x": 0.1234567891})
+    report.save_figure(cfg, plt.figure(), "f")
+    assert [p.name for p in written] == ["m.json", "f.png"]
+    assert report.load_metrics(report.metrics_dir(cfg), "m") == {"x": 0.123457}
+    assert (report.figures_dir(cfg) / "f.png").read_bytes()[:4] == b"\x89PNG"

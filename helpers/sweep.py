@@ -1,9 +1,12 @@
-"""Collapse along training: the loops over checkpoints (and over layers) behind notebooks 03–05.
+"""The one sweep over checkpoints (and layers): features in, rows of numbers out, behind notebooks 02–05.
 
-Every function here reads features through :func:`helpers.features.at_checkpoint` (cached on disk, one network
-pass per checkpoint and set) and hands the tensors to the vectorised metrics of :mod:`helpers.collapse`,
-:mod:`helpers.ood` and :mod:`helpers.metrics`; nothing here computes a metric itself. The results are plain
-lists of dicts (one row per checkpoint, or per checkpoint and OOD set, or per checkpoint and block), ready for
+The loop over checkpoints lives only in :func:`over_checkpoints`. Features come from
+:func:`helpers.features.at_checkpoint` (cached on disk, one network pass per checkpoint and set), except for
+the earlier layers, whose class statistics are accumulated batch by batch inside the inference loop
+(:func:`block_stats`), so their memory does not grow with the number of images. The numbers themselves come
+from the pure modules: :mod:`helpers.collapse` (NC1–NC5), :mod:`helpers.protocol` (the OOD protocol),
+:mod:`helpers.ood`, :mod:`helpers.metrics` and :mod:`helpers.stats`. The results are plain lists of dicts (one
+row per checkpoint, or per checkpoint and OOD set, or per checkpoint and block), ready for
 ``pandas.DataFrame`` and for ``report.save_metrics``.
 
 Notation follows the book's chapter "Neural collapse": ``h`` features (N, D), ``y`` labels (N,), ``K`` classes,
@@ -13,6 +16,8 @@ Notation follows the book's chapter "Neural collapse": ``h`` features (N, D), ``
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,23 +27,35 @@ from scipy.stats import spearmanr
 from torch import Tensor
 
 from . import checkpoint as ckpt
-from . import collapse, features, metrics, ood
+from . import collapse, data, features, protocol, train
 from .config import Config
 from .data import ImageSet, Splits
+from .model import ResNet18
 from .stats import ClassStats, as_tensor, class_means
 
 LAYER_KEYS = ("nc1", "cdnv", "nc2_equinorm", "nc2_equiangular")
+Row = dict[str, Any]
 
 
-# --------------------------------------------------------------------------- small pieces
-
-
-def _check_checkpoints(checkpoints: dict[int, Path]) -> list[tuple[int, Path]]:
+# ------------------------------------------------------------------------------------ the one loop
+def ordered(checkpoints: dict[int, Path]) -> list[tuple[int, Path]]:
     """(epoch, path) pairs in epoch order; raises on an empty dict."""
     if not checkpoints:
         raise ValueError("no checkpoints given; run train.load_or_train(cfg, splits, device) and pass its "
                          "{epoch: path} dict.")
     return sorted(checkpoints.items())
+
+
+def over_checkpoints(checkpoints: dict[int, Path], measure: Callable[[Path], Row | list[Row]]) -> list[Row]:
+    """``measure(path)`` at every checkpoint in epoch order, each row with its ``epoch`` first.
+
+    ``measure`` returns one row (a dict) or several (a list of dicts, e.g. one per OOD set or block).
+    """
+    rows = []
+    for epoch, path in ordered(checkpoints):
+        out = measure(path)
+        rows += [{"epoch": epoch} | r for r in (out if isinstance(out, list) else [out])]
+    return rows
 
 
 def classifier(path: Path) -> tuple[Tensor, Tensor]:
@@ -48,46 +65,45 @@ def classifier(path: Path) -> tuple[Tensor, Tensor]:
 
 
 def _id_sets(splits: Splits) -> dict[str, ImageSet]:
-    return {"train": splits.train, "test": splits.test}
+    return {"id:train": splits.train, "id:test": splits.test}
 
 
-def heldout_predictions(test: features.Features, train_means: Tensor) -> dict[str, float]:
-    """Accuracy, NCC accuracy and NC4 on held-out data, with the class means mu_c (K, D) of the *training* set.
-
-    NC4 (the book, chapter "Neural collapse", eq. eq-nc4) on the test set: the share of test samples where the
-    network's argmax differs from the nearest training class mean (Papyan et al. 2020, Figure 7).
-    """
-    ncc = collapse.ncc_predict(test.features, train_means)              # (N_test,)
-    net = test.logits.argmax(dim=1)                                      # (N_test,)
-    y = test.labels.long()
-    return {"test_accuracy": float((net == y).double().mean()),
-            "test_ncc_accuracy": float((ncc == y).double().mean()),
-            "test_nc4": float((net != ncc).double().mean())}
+def _with_ood(splits: Splits, ood_sets: dict[str, ImageSet]) -> dict[str, ImageSet]:
+    return _id_sets(splits) | {f"ood:{k}": v for k, v in ood_sets.items()}
 
 
-# --------------------------------------------------------------------------- notebook 03: NC1-NC4
+# ----------------------------------------------------------------------------- notebook 02: detection
+def detection_sets(cfg: Config, splits: Splits, ood_sets: dict[str, ImageSet]) -> dict[str, ImageSet]:
+    """The sets :func:`helpers.protocol.detect` reads: ID train / val / test, the OOD test sets and the
+    validation OOD set ``cfg.val_ood_dataset`` (loaded here; it must not also be a test set)."""
+    val = cfg.val_ood_dataset
+    if val in ood_sets:
+        raise ValueError(f"{val!r} is both a test OOD set and the validation OOD set; drop it from one.")
+    return {"train": splits.train, "val": splits.val, "test": splits.test, **ood_sets,
+            val: data.load(val, "test", cfg)}
 
 
-def collapse_at(cfg: Config, path: Path, splits: Splits, device: torch.device) -> dict[str, float]:
+# ---------------------------------------------------------------------------- notebook 03: NC1-NC4
+def collapse_at(cfg: Config, path: Path, splits: Splits, device: torch.device) -> Row:
     """NC1, CDNV, NC2 (class means and W), NC3, NC4 and accuracies of one checkpoint.
 
     Train-set metrics from :func:`helpers.collapse.nc_metrics` (book, chapter "Neural collapse", eqs. eq-nc1,
-    eq-cdnv, eq-nc2-equinorm, eq-nc2-equiangular, eq-nc3, eq-nc4) plus ``test_accuracy``,
-    ``test_ncc_accuracy`` and ``test_nc4`` from :func:`heldout_predictions`.
+    eq-cdnv, eq-nc2-equinorm, eq-nc2-equiangular, eq-nc3, eq-nc4). On the test set, with the *training* class
+    means (Papyan et al. 2020, Figure 7): ``test_accuracy``, ``test_ncc_accuracy`` and ``test_nc4``.
     """
     f = features.at_checkpoint(cfg, path, splits, _id_sets(splits), device)
     W, _ = classifier(path)                                              # (K, D)
-    train = f["train"]
-    row = collapse.nc_metrics(train.features, train.labels, W, train.logits)
+    train, test = f["id:train"], f["id:test"]
     means = class_means(as_tensor(train.features), train.labels.long(), W.shape[0])  # (K, D)
-    return row | heldout_predictions(f["test"], means)
+    held = collapse._predictions(as_tensor(test.features), test.labels.long(), means, as_tensor(test.logits))
+    return collapse.nc_metrics(train.features, train.labels, W, train.logits) | {
+        "test_accuracy": held["accuracy"], "test_ncc_accuracy": held["ncc_accuracy"], "test_nc4": held["nc4"]}
 
 
 def collapse_over_training(cfg: Config, checkpoints: dict[int, Path], splits: Splits,
-                           device: torch.device) -> list[dict[str, float]]:
+                           device: torch.device) -> list[Row]:
     """One row of :func:`collapse_at` per checkpoint, in epoch order, each with its ``epoch``."""
-    return [{"epoch": epoch} | collapse_at(cfg, path, splits, device)
-            for epoch, path in _check_checkpoints(checkpoints)]
+    return over_checkpoints(checkpoints, partial(collapse_at, cfg, splits=splits, device=device))
 
 
 def gram_matrices(cfg: Config, path: Path, splits: Splits, device: torch.device) -> dict[str, Tensor]:
@@ -100,14 +116,11 @@ def gram_matrices(cfg: Config, path: Path, splits: Splits, device: torch.device)
     W, _ = classifier(path)                                              # (K, D)
     h = as_tensor(train.features)                                        # (N, D)
     means = class_means(h, train.labels.long(), W.shape[0])              # (K, D)
-    K = W.shape[0]
     return {"class means": collapse.gram(means, h.mean(0)), "classifier W": collapse.gram(W, torch.zeros(W.shape[1])),
-            "simplex ETF": collapse.gram(collapse.simplex_etf(K))}
+            "simplex ETF": collapse.gram(collapse.simplex_etf(W.shape[0]))}
 
 
-# --------------------------------------------------------------------------- projections
-
-
+# ------------------------------------------------------------------------------------- projections
 def pca_basis(X: Tensor, k: int) -> Tensor:
     """Top-``k`` principal directions of the rows of X (n, D), as columns (D, k).
 
@@ -131,8 +144,9 @@ def align(current: np.ndarray, previous: np.ndarray) -> np.ndarray:
     return U @ Vt
 
 
-def _frame(train: features.Features, shown: Tensor, per_class: int) -> dict[str, Any]:
+def _frame(cfg: Config, path: Path, splits: Splits, device: torch.device, shown: Tensor, per_class: int) -> Row:
     """2-D coordinates of the shown classes' means and of their first ``per_class`` samples."""
+    train = features.at_checkpoint(cfg, path, splits, {"train": splits.train}, device)["train"]
     h, y = as_tensor(train.features), train.labels.long()                # (N, D), (N,)
     means = class_means(h, y)[shown]                                     # (n, D)
     centre = means.mean(0)                                               # (D,)
@@ -145,7 +159,7 @@ def _frame(train: features.Features, shown: Tensor, per_class: int) -> dict[str,
 
 
 def mean_geometry_frames(cfg: Config, checkpoints: dict[int, Path], splits: Splits, device: torch.device,
-                         n_classes: int = 10, per_class: int = 15) -> list[dict[str, Any]]:
+                         n_classes: int = 10, per_class: int = 15) -> list[Row]:
     """Frames of an animation of the class-mean geometry: one dict per checkpoint.
 
     For the first ``min(n_classes, K)`` classes: their centred class means and up to ``per_class`` training
@@ -154,65 +168,49 @@ def mean_geometry_frames(cfg: Config, checkpoints: dict[int, Path], splits: Spli
     with :func:`align`. Keys: ``epoch``, ``means`` (n, 2), ``samples`` (m, 2), ``sample_labels`` (m,),
     ``classes`` (n,). Under NC1 the samples shrink onto their means; under NC2 the means spread evenly.
     """
-    K = splits.num_classes
-    shown = torch.arange(min(n_classes, K))
+    shown = torch.arange(min(n_classes, splits.num_classes))
     if shown.numel() < 3:
-        raise ValueError(f"a 2-D picture of class means needs at least 3 classes; got n_classes={n_classes}, K={K}.")
-    frames, previous = [], None
-    for epoch, path in _check_checkpoints(checkpoints):
-        train = features.at_checkpoint(cfg, path, splits, {"train": splits.train}, device)["train"]
-        frame = {"epoch": epoch} | _frame(train, shown, per_class)
-        if previous is not None:
-            R = align(frame["means"], previous)                          # (2, 2)
-            frame["means"], frame["samples"] = frame["means"] @ R, frame["samples"] @ R
-        frames.append(frame)
-        previous = frame["means"]
+        raise ValueError(f"a 2-D picture of class means needs at least 3 classes; got n_classes={n_classes}, "
+                         f"K={splits.num_classes}.")
+    frames = over_checkpoints(checkpoints, partial(_frame, cfg, splits=splits, device=device, shown=shown,
+                                                   per_class=per_class))
+    for previous, frame in zip(frames, frames[1:], strict=False):
+        R = align(frame["means"], previous["means"])                     # (2, 2)
+        frame["means"], frame["samples"] = frame["means"] @ R, frame["samples"] @ R
     return frames
 
 
-# --------------------------------------------------------------------------- notebook 04: NC5 and NECO
-
-
-def _with_ood(splits: Splits, ood_sets: dict[str, ImageSet]) -> dict[str, ImageSet]:
-    return {"id:train": splits.train, "id:test": splits.test} | {f"ood:{k}": v for k, v in ood_sets.items()}
-
-
+# ------------------------------------------------------------------------- notebook 04: NC5 and NECO
 def nc5_at(cfg: Config, path: Path, splits: Splits, ood_sets: dict[str, ImageSet], device: torch.device,
-           neco_options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+           neco_options: dict[str, Any] | None = None) -> list[Row]:
     """NC5 (uncentred and centred) and NECO's detection metrics for every OOD set at one checkpoint.
 
     NC5 from the ID training features (book, chapter "Neural collapse", eqs. eq-nc5 and eq-nc5-centred;
     Ben Ammar et al., ICLR 2024). NECO (book, chapter "OOD scores", eq. eq-neco-maxlogit) is fitted on the
     training features of the same checkpoint and scored on the ID test set against each OOD set
-    (:func:`helpers.metrics.ood_metrics`). One row per OOD set: ``ood_set``, ``nc5``, ``nc5_centred``,
+    (:func:`helpers.protocol.evaluate_scores`). One row per OOD set: ``ood_set``, ``nc5``, ``nc5_centred``,
     ``auroc``, ``fpr95``.
     """
     f = features.at_checkpoint(cfg, path, splits, _with_ood(splits, ood_sets), device)
-    train, test = f["id:train"], f["id:test"]
+    train, oods = f["id:train"], {name: f[f"ood:{name}"] for name in ood_sets}
     W, b = classifier(path)
-    neco = ood.make_score("neco", **(neco_options or {})).fit(train.features, train.logits, train.labels, W, b)
-    s_id = neco.score(test.features, test.logits)                        # (N_test,)
-    rows = []
-    for name in ood_sets:
-        o = f[f"ood:{name}"]
-        det = metrics.ood_metrics(s_id, neco.score(o.features, o.logits))
-        rows.append({"ood_set": name, "nc5": collapse.nc5(train.features, train.labels, o.features),
-                     "nc5_centred": collapse.nc5_centred(train.features, train.labels, o.features),
-                     "auroc": det["auroc"], "fpr95": det["fpr95"]})
-    return rows
+    det = protocol.evaluate_scores(train, W, b, f["id:test"], oods, {"neco": neco_options or {}}, n_boot=0)["neco"]
+    return [{"ood_set": name, "nc5": collapse.nc5(train.features, train.labels, o.features),
+             "nc5_centred": collapse.nc5_centred(train.features, train.labels, o.features),
+             "auroc": det[name]["auroc"], "fpr95": det[name]["fpr95"]} for name, o in oods.items()]
 
 
 def nc5_over_training(cfg: Config, checkpoints: dict[int, Path], splits: Splits, ood_sets: dict[str, ImageSet],
-                      device: torch.device, neco_options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+                      device: torch.device, neco_options: dict[str, Any] | None = None) -> list[Row]:
     """Rows of :func:`nc5_at` for every checkpoint (epoch order), each with its ``epoch``: one row per
     (checkpoint, OOD set)."""
     if not ood_sets:
         raise ValueError("ood_sets is empty; pass data.ood_sets(cfg) or at least one OOD ImageSet.")
-    return [{"epoch": epoch} | row for epoch, path in _check_checkpoints(checkpoints)
-            for row in nc5_at(cfg, path, splits, ood_sets, device, neco_options)]
+    return over_checkpoints(checkpoints, partial(nc5_at, cfg, splits=splits, ood_sets=ood_sets, device=device,
+                                                 neco_options=neco_options))
 
 
-def nc5_correlations(rows: list[dict[str, Any]], score: str = "auroc") -> dict[str, dict[str, float]]:
+def nc5_correlations(rows: list[Row], score: str = "auroc") -> dict[str, dict[str, float]]:
     """Spearman rank correlation over checkpoints between NC5 (both variants) and a detection metric, per OOD set.
 
     Keys per set: ``nc5_rho``, ``nc5_p``, ``nc5_centred_rho``, ``nc5_centred_p``, ``n`` (checkpoints). A
@@ -250,8 +248,7 @@ def ood_as_class(cfg: Config, path: Path, splits: Splits, ood_sets: dict[str, Im
     any other (book, chapter "Neural collapse", eqs. eq-nc1 and eq-nc2-equiangular; Ben Ammar et al., 2024).
     """
     f = features.at_checkpoint(cfg, path, splits, _with_ood(splits, ood_sets), device)
-    train = f["id:train"]
-    K = splits.num_classes
+    train, K = f["id:train"], splits.num_classes
     keys = ("nc1", "cdnv", "nc2_equinorm", "nc2_equiangular", "ncc_accuracy")
     base = collapse.nc_metrics(train.features, train.labels, num_classes=K)
     out = {"ID only": {k: base[k] for k in keys}}
@@ -272,9 +269,8 @@ def id_ood_projection(cfg: Config, path: Path, splits: Splits, ood_sets: dict[st
     Keys: ``means`` (K, k), ``id`` (m, k) and ``ood`` {name: (m, k)}, with at most ``per_set`` seeded rows each.
     """
     f = features.at_checkpoint(cfg, path, splits, _with_ood(splits, ood_sets), device)
-    train = f["id:train"]
-    h = as_tensor(train.features)                                        # (N, D)
-    means = class_means(h, train.labels.long(), splits.num_classes)      # (K, D)
+    h = as_tensor(f["id:train"].features)                                # (N, D)
+    means = class_means(h, f["id:train"].labels.long(), splits.num_classes)  # (K, D)
     mu_g = h.mean(0)                                                     # (D,)
     V = pca_basis(means - mu_g, n_components)                            # (D, k)
 
@@ -285,53 +281,85 @@ def id_ood_projection(cfg: Config, path: Path, splits: Splits, ood_sets: dict[st
             "ood": {name: project(f[f"ood:{name}"].features) for name in ood_sets}}
 
 
-# --------------------------------------------------------------------------- notebook 05: earlier layers
+# --------------------------------------------------------------------- notebook 05: earlier layers
+Batches = Callable[[ImageSet], Iterator[tuple[list[Tensor], Tensor]]]
 
 
-def _stats(h: Tensor, y: Tensor, K: int) -> ClassStats:
-    return ClassStats.empty(K, h.shape[1]).update(h, y)
+@torch.no_grad()
+def pooled_batches(model: ResNet18, ds: ImageSet, splits: Splits, device: torch.device,
+                   batch_size: int = 512) -> Iterator[tuple[list[Tensor], Tensor]]:
+    """The pooled outputs of the 8 residual blocks, one batch at a time: ([(B, C_l)] * 8, labels (B,)).
+
+    The same pass as :func:`helpers.features.extract` (eval mode, float32 on the CPU): block 8 is the
+    penultimate feature h; blocks 1-7 are rounded to float16, as the feature cache has always stored them,
+    so the layer metrics keep their values. Nothing of a batch is kept after it is consumed.
+    """
+    model.eval()
+    for start in range(0, len(ds), batch_size):
+        x = data.normalize(ds.images[start:start + batch_size].to(device), splits.mean, splits.std)
+        fmap, pooled = model.body(x, True)
+        h = fmap.float().mean((2, 3))                                    # (B, D)
+        yield [p.half().float().cpu() for p in pooled[:-1]] + [h.cpu()], ds.labels[start:start + batch_size]
 
 
-def layers_at(cfg: Config, path: Path, splits: Splits, device: torch.device) -> list[dict[str, Any]]:
+def block_stats(batches: Iterator[tuple[list[Tensor], Tensor]], K: int) -> list[ClassStats]:
+    """One :class:`helpers.stats.ClassStats` per block, updated batch by batch (memory independent of N)."""
+    stats: list[ClassStats] = []
+    for blocks, y in batches:
+        stats = stats or [ClassStats.empty(K, b.shape[1]) for b in blocks]
+        for s, b in zip(stats, blocks, strict=True):
+            s.update(b, y)
+    return stats
+
+
+def ncc_accuracy(batches: Iterator[tuple[list[Tensor], Tensor]], means: list[Tensor]) -> list[float]:
+    """Nearest-class-mean accuracy per block (:func:`helpers.collapse.ncc_predict`), batch by batch."""
+    hits, n = torch.zeros(len(means), dtype=torch.float64), 0
+    for blocks, y in batches:
+        hits += torch.tensor([float((collapse.ncc_predict(b, m) == y).sum()) for b, m in zip(blocks, means,
+                                                                                               strict=True)])
+        n += len(y)
+    return (hits / n).tolist()
+
+
+def _layer_row(block: int, stats: ClassStats, ncc_train: float, ncc_test: float) -> Row:
+    K, C = stats.sums.shape
+    nc = collapse.nc_metrics_from_stats(stats)
+    return ({"block": block, "channels": C, "low_rank": C < K - 1} | {k: nc[k] for k in LAYER_KEYS}
+            | {"nc1_per_direction": nc["nc1"] * K / min(K - 1, C), "ncc_train": ncc_train, "ncc_test": ncc_test})
+
+
+def layers_at(cfg: Config, path: Path, splits: Splits, device: torch.device) -> list[Row]:
     """NC1, CDNV, NC2 and NCC accuracy (train and test) of the pooled output of each of the 8 residual blocks.
 
-    Streaming statistics (:class:`helpers.stats.ClassStats`, :func:`helpers.collapse.nc_metrics_from_stats`;
-    book, chapter "Neural collapse", sections on earlier layers and streaming statistics, eqs. eq-nc1,
-    eq-nc2-equiangular, eq-nc4). The NCC uses the training class means of that block. Block 8 is the
-    penultimate layer h. One row per block: ``block`` (1..8), ``channels`` C_l, ``low_rank`` (C_l < K-1:
-    Sigma_B then has rank at most C_l, and NC1 only sees that subspace), the keys of ``LAYER_KEYS``,
-    ``nc1_per_direction``, ``ncc_train`` and ``ncc_test``.
+    Streaming statistics (:func:`block_stats`, :func:`helpers.collapse.nc_metrics_from_stats`; book, chapter
+    "Neural collapse", sections on earlier layers and streaming statistics, eqs. eq-nc1, eq-nc2-equiangular,
+    eq-nc4): one pass over the training set for the statistics, one over the training and the test set for
+    the NCC with that block's training class means. Block 8 is the penultimate layer h. One row per block:
+    ``block`` (1..8), ``channels`` C_l, ``low_rank`` (C_l < K-1: Sigma_B then has rank at most C_l, and NC1
+    only sees that subspace), the keys of ``LAYER_KEYS``, ``nc1_per_direction``, ``ncc_train``, ``ncc_test``.
 
     NC1 sums one signal-to-noise term per between-class direction and divides by K, so a layer with
     C_l < K-1 channels has fewer terms and a smaller NC1 for the same per-direction ratio.
     ``nc1_per_direction`` = NC1 K / min(K-1, C_l) averages over the directions instead and can be compared
     across layers of different width; CDNV (eq. eq-cdnv) needs no inverse and is comparable as well.
     """
-    f = features.at_checkpoint(cfg, path, splits, _id_sets(splits), device, blocks=True)
-    K = splits.num_classes
-    y_train, y_test = f["train"].labels.long(), f["test"].labels.long()
-    rows = []
-    for i, (h_train, h_test) in enumerate(zip(f["train"].blocks, f["test"].blocks, strict=True), start=1):
-        stats = _stats(h_train, y_train, K)
-        nc = collapse.nc_metrics_from_stats(stats)
-        means = stats.means()                                            # (K, C_l)
-        C = h_train.shape[1]
-        rows.append({"block": i, "channels": C, "low_rank": C < K - 1} | {k: nc[k] for k in LAYER_KEYS}
-                    | {"nc1_per_direction": nc["nc1"] * K / min(K - 1, C)}
-                    | {"ncc_train": float((collapse.ncc_predict(h_train, means) == y_train).double().mean()),
-                       "ncc_test": float((collapse.ncc_predict(h_test, means) == y_test).double().mean())})
-    return rows
+    model = train.load_model(path, cfg, splits.num_classes, device)
+    batches = partial(pooled_batches, model, splits=splits, device=device, batch_size=cfg.eval_batch_size)
+    stats = block_stats(batches(splits.train), splits.num_classes)
+    means = [s.means() for s in stats]                                   # (K, C_l) each
+    on_train, on_test = ncc_accuracy(batches(splits.train), means), ncc_accuracy(batches(splits.test), means)
+    return [_layer_row(i, *args) for i, args in enumerate(zip(stats, on_train, on_test, strict=True), start=1)]
 
 
 def layers_over_training(cfg: Config, checkpoints: dict[int, Path], splits: Splits,
-                         device: torch.device) -> list[dict[str, Any]]:
+                         device: torch.device) -> list[Row]:
     """Rows of :func:`layers_at` for every checkpoint (epoch order), each with its ``epoch``: 8 rows per
     checkpoint."""
-    return [{"epoch": epoch} | row for epoch, path in _check_checkpoints(checkpoints)
-            for row in layers_at(cfg, path, splits, device)]
+    return over_checkpoints(checkpoints, partial(layers_at, cfg, splits=splits, device=device))
 
 
-def decay_epoch_by_layer(rows: list[dict[str, Any]], key: str = "cdnv", fraction: float = 0.5) -> dict[int, int | None]:
+def decay_epoch_by_layer(rows: list[Row], key: str = "cdnv", fraction: float = 0.5) -> dict[int, int | None]:
     """For each block, the first epoch at which ``key`` has fallen to ``fraction`` of its value at the first
     checkpoint (None if it never does): a crude "when did this layer collapse" for :func:`layers_over_training`
     rows. If collapse propagated backwards from the last layer, later blocks would reach it earlier.

@@ -1,4 +1,4 @@
-"""Tests for helpers.evaluation: structure, known answers on synthetic features, the ID-vs-ID check, errors."""
+"""Tests for helpers.protocol: structure, known answers on synthetic features, the ID-vs-ID check, errors."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy.stats import rankdata
 
-from helpers import evaluation, ood
+from helpers import ood, protocol
 from helpers.features import Features
 
 K, D = 4, 16
@@ -37,7 +37,7 @@ ALL = {name: {} for name in ood.SCORES}
 
 def test_output_structure(problem):
     sets = {"same": problem["same"], "far": problem["far"]}
-    res = evaluation.evaluate_scores(problem["train"], problem["W"], problem["b"], problem["test"], sets, ALL,
+    res = protocol.evaluate_scores(problem["train"], problem["W"], problem["b"], problem["test"], sets, ALL,
                                      n_boot=10, seed=0)
     assert list(res) == list(ood.SCORES)
     for per_set in res.values():
@@ -49,7 +49,7 @@ def test_output_structure(problem):
 
 
 def test_far_ood_is_detected_by_mahalanobis(problem):
-    res = evaluation.evaluate_scores(problem["train"], problem["W"], problem["b"], problem["test"],
+    res = protocol.evaluate_scores(problem["train"], problem["W"], problem["b"], problem["test"],
                                      {"far": problem["far"]}, {"mahalanobis": {}, "knn": {"k": 10}}, n_boot=10)
     for name in ("mahalanobis", "knn"):
         assert res[name]["far"]["auroc"] > 0.99, name
@@ -57,15 +57,15 @@ def test_far_ood_is_detected_by_mahalanobis(problem):
 
 
 def test_exchangeable_ood_gives_chance(problem):
-    res = evaluation.evaluate_scores(problem["train"], problem["W"], problem["b"], problem["test"],
+    res = protocol.evaluate_scores(problem["train"], problem["W"], problem["b"], problem["test"],
                                      {"same": problem["same"]}, ALL, n_boot=0)
-    tol = 4 * evaluation.auroc_null_sd(300, 300)
+    tol = 4 * protocol.auroc_null_sd(300, 300)
     for name, per_set in res.items():
         assert abs(per_set["same"]["auroc"] - 0.5) < tol, name
 
 
 def test_compute_scores_matches_a_direct_fit(problem):
-    raw, fitted = evaluation.compute_scores(problem["train"], problem["W"], problem["b"], {"t": problem["test"]},
+    raw, fitted = protocol.compute_scores(problem["train"], problem["W"], problem["b"], {"t": problem["test"]},
                                             {"energy": {"temperature": 2.0}})
     z = problem["test"].logits.numpy()
     np.testing.assert_allclose(raw["energy"]["t"], 2.0 * np.log(np.exp(z / 2.0).sum(1)), rtol=1e-10)
@@ -75,35 +75,35 @@ def test_compute_scores_matches_a_direct_fit(problem):
 def test_summarise_needs_the_id_set(problem):
     raw = {"msp": {"a": np.zeros(3), "b": np.ones(3)}}
     with pytest.raises(ValueError, match="ID set"):
-        evaluation.summarise(raw, "id")
-    out = evaluation.summarise(raw, "a", n_boot=0)
+        protocol.summarise(raw, "id")
+    out = protocol.summarise(raw, "a", n_boot=0)
     assert list(out["msp"]) == ["b"] and out["msp"]["b"]["auroc"] == 0.0
 
 
 def test_split_halves_partition_and_seed():
-    a, b = evaluation.split_halves(11, seed=3)
+    a, b = protocol.split_halves(11, seed=3)
     assert len(a) == 5 and len(b) == 6
     assert sorted(torch.cat([a, b]).tolist()) == list(range(11))
-    a2, _ = evaluation.split_halves(11, seed=3)
+    a2, _ = protocol.split_halves(11, seed=3)
     assert torch.equal(a, a2)
-    assert not torch.equal(a, evaluation.split_halves(11, seed=4)[0])
+    assert not torch.equal(a, protocol.split_halves(11, seed=4)[0])
     with pytest.raises(ValueError, match="at least 2"):
-        evaluation.split_halves(1)
+        protocol.split_halves(1)
 
 
 def test_auroc_null_sd_known_values():
-    assert evaluation.auroc_null_sd(1, 1) == pytest.approx(0.5)          # AUROC is 0 or 1 with prob. 1/2
+    assert protocol.auroc_null_sd(1, 1) == pytest.approx(0.5)          # AUROC is 0 or 1 with prob. 1/2
     s = np.random.default_rng(0).normal(size=(4000, 50))                # Monte Carlo: 20 "ID" vs 30 "OOD"
     aucs = (rankdata(s, axis=1)[:, :20].sum(1) - 20 * 21 / 2) / (20 * 30)   # Mann-Whitney AUROC per row
-    assert np.std(aucs) == pytest.approx(evaluation.auroc_null_sd(20, 30), rel=0.1)
+    assert np.std(aucs) == pytest.approx(protocol.auroc_null_sd(20, 30), rel=0.1)
 
 
 def test_id_vs_id_is_chance_even_for_sorted_scores():
     n = 2000
     scores = {"ordered": np.arange(n, dtype=float), "noise": np.random.default_rng(1).normal(size=n)}
-    out = evaluation.id_vs_id(scores, n_boot=20, seed=0)
+    out = protocol.id_vs_id(scores, n_boot=20, seed=0)
     assert out["n_a"] + out["n_b"] == n and out["n_a"] == n // 2
-    assert out["null_sd"] == pytest.approx(evaluation.auroc_null_sd(n // 2, n - n // 2))
+    assert out["null_sd"] == pytest.approx(protocol.auroc_null_sd(n // 2, n - n // 2))
     for name, m in out["scores"].items():
         assert abs(m["auroc"] - 0.5) < 4 * out["null_sd"], name      # a first/second-half split would give 0
         assert abs(m["fpr95"] - 0.95) < 0.05, name
@@ -111,27 +111,27 @@ def test_id_vs_id_is_chance_even_for_sorted_scores():
 
 def test_id_vs_id_rejects_mismatched_lengths():
     with pytest.raises(ValueError, match="one length"):
-        evaluation.id_vs_id({"a": np.zeros(10), "b": np.zeros(11)})
+        protocol.id_vs_id({"a": np.zeros(10), "b": np.zeros(11)})
 
 
 def test_neco_all_dims_matches_the_class(problem):
     tr, te = problem["train"], problem["test"]
-    full = evaluation.fit_score("neco", {"dim": D}, tr, problem["W"], problem["b"])
+    full = protocol.fit_score("neco", {"dim": D}, tr, problem["W"], problem["b"])
     dims = [1, 3, 7, D]
-    many = evaluation.neco_all_dims(full, te.features, te.logits, dims)
+    many = protocol.neco_all_dims(full, te.features, te.logits, dims)
     assert many.shape == (len(te), len(dims))
     for j, d in enumerate(dims):
-        one = evaluation.fit_score("neco", {"dim": d}, tr, problem["W"], problem["b"]).score(te.features, te.logits)
+        one = protocol.fit_score("neco", {"dim": d}, tr, problem["W"], problem["b"]).score(te.features, te.logits)
         np.testing.assert_allclose(many[:, j], one, rtol=1e-9, atol=1e-12)
-    partial = evaluation.fit_score("neco", {"dim": 3}, tr, problem["W"], problem["b"])
+    partial = protocol.fit_score("neco", {"dim": 3}, tr, problem["W"], problem["b"])
     with pytest.raises(ValueError, match="dim equal"):
-        evaluation.neco_all_dims(partial, te.features, te.logits, dims)
+        protocol.neco_all_dims(partial, te.features, te.logits, dims)
 
 
 def test_neco_sweep_structure(problem):
-    sw = evaluation.neco_sweep(problem["train"], problem["W"], problem["b"], problem["test"],
+    sw = protocol.neco_sweep(problem["train"], problem["W"], problem["b"], problem["test"],
                                {"far": problem["far"], "same": problem["same"]})
-    assert sw["dims"] == evaluation.sweep_dims(D) and sw["dims"][0] == 1 and sw["dims"][-1] == D
+    assert sw["dims"] == protocol.sweep_dims(D) and sw["dims"][0] == 1 and sw["dims"][-1] == D
     ev = np.array(sw["explained_variance"])
     assert np.all(np.diff(ev) >= -1e-12) and ev[-1] == pytest.approx(1.0)
     rule = ood.NECO().fit(problem["train"].features, problem["train"].logits, problem["train"].labels,
@@ -153,30 +153,61 @@ def test_select_option_prefers_k_that_ignores_a_few_training_outliers():
     id_val = _draw(rng, mu, W, b, 100)
     h_ood = torch.tensor(np.abs(odd[[0] * 50] + 0.3 * rng.normal(size=(50, D))))
     ood_val = Features(h_ood @ torch.tensor(W).T, h_ood, -torch.ones(50, dtype=torch.long))
-    chosen, aurocs = evaluation.select_option("knn", "k", [1, 10], train, W, b, id_val, ood_val)
+    chosen, aurocs = protocol.select_option("knn", "k", [1, 10], train, W, b, id_val, ood_val)
     assert chosen == 10 and aurocs[1] > aurocs[0] and len(aurocs) == 2
 
 
 def test_fitted_params_and_average(problem):
-    _, fitted = evaluation.compute_scores(problem["train"], problem["W"], problem["b"], {"t": problem["test"]},
+    _, fitted = protocol.compute_scores(problem["train"], problem["W"], problem["b"], {"t": problem["test"]},
                                           {"vim": {}, "gen": {}})
-    params = evaluation.fitted_params(fitted)
-    assert params["vim"]["dim"] == ood.vim_default_dim(D) == D // 2 and params["gen"]["M"] == K
+    params = protocol.fitted_params(fitted)
+    assert params["vim"]["dim"] == ood.vim_default_dim(D, K) and params["gen"]["M"] == K
     res = {"s": {"a": {"auroc": 0.6, "fpr95": 0.2}, "b": {"auroc": 0.8, "fpr95": 0.4}}}
-    assert evaluation.average(res)["s"] == pytest.approx({"auroc": 0.7, "fpr95": 0.3})
+    assert protocol.average(res)["s"] == pytest.approx({"auroc": 0.7, "fpr95": 0.3})
 
 
 def test_interval_table_formats_percent():
     res = {"s": {"a": {"auroc": 0.71234, "auroc_low": 0.68, "auroc_high": 0.7412}}}
-    table = evaluation.interval_table(res)
+    table = protocol.interval_table(res)
     assert table.loc["s", "a"] == "71.2 [68.0, 74.1]"
 
 
 def test_errors(problem):
     with pytest.raises(ValueError, match="empty"):
-        evaluation.evaluate_scores(problem["train"], problem["W"], problem["b"], problem["test"], {}, ALL)
+        protocol.evaluate_scores(problem["train"], problem["W"], problem["b"], problem["test"], {}, ALL)
     with pytest.raises(ValueError, match="unknown score"):
-        evaluation.compute_scores(problem["train"], problem["W"], problem["b"], {"t": problem["test"]}, {"nope": {}})
+        protocol.compute_scores(problem["train"], problem["W"], problem["b"], {"t": problem["test"]}, {"nope": {}})
     with pytest.raises(ValueError, match="values is empty"):
-        evaluation.select_option("knn", "k", [], problem["train"], problem["W"], problem["b"], problem["test"],
+        protocol.select_option("knn", "k", [], problem["train"], problem["W"], problem["b"], problem["test"],
                                  problem["far"])
+
+
+def test_default_options_follow_the_registry_and_the_rules():
+    opts = protocol.default_options(D)
+    assert list(opts) == list(ood.SCORES)
+    assert opts["vim"] == {} and opts["neco"] == {"explained_variance": 0.9}       # ViM resolves d itself
+    assert opts["msp"] == {} and opts["react"] == {"percentile": 90}
+
+
+def test_detect_is_select_then_fit_then_summarise(problem):
+    """``detect`` = KNN's k chosen on (val, validation OOD), every score fitted on train, ID test vs each set."""
+    feats = {"train": problem["train"], "val": problem["same"], "test": problem["test"], "far": problem["far"],
+             "val-ood": problem["far"]}
+    det = protocol.detect(feats, problem["W"], problem["b"], ["far"], "val-ood", n_boot=10, seed=3)
+    k, aurocs = protocol.select_option("knn", "k", [1, 5, 10, 20, 50, 100, 200], problem["train"], problem["W"],
+                                       problem["b"], problem["same"], problem["far"])
+    assert det.selection == dict(score="knn", param="k", values=[1, 5, 10, 20, 50, 100, 200], val_auroc=aurocs,
+                                 chosen=k, id_set="val", ood_set="val-ood")
+    options = {**protocol.default_options(D), "knn": {"k": k}}
+    assert det.options == options
+    expected = protocol.evaluate_scores(problem["train"], problem["W"], problem["b"], problem["test"],
+                                        {"far": problem["far"]}, options, n_boot=10, seed=3)
+    assert det.results == expected and list(det.results) == list(ood.SCORES)
+    assert list(det.raw["msp"]) == [protocol.ID_TEST, "far"]
+    assert det.used["knn"]["k"] == k and det.used["vim"]["dim"] == ood.vim_default_dim(D, K)
+
+
+def test_by_set_transposes():
+    res = {"a": {"x": {"auroc": 1.0}, "y": {"auroc": 2.0}}, "b": {"x": {"auroc": 3.0}}}
+    assert protocol.by_set(res) == {"x": {"a": {"auroc": 1.0}, "b": {"auroc": 3.0}}, "y": {"a": {"auroc": 2.0}}}
+    assert protocol.interval({"fpr95": 0.5, "fpr95_low": 0.25, "fpr95_high": 0.75}, "fpr95") == "50.0 [25.0, 75.0]"

@@ -1,15 +1,18 @@
-"""The OOD evaluation of notebook 2: every score on every set, the ID-vs-ID check, selection and the NECO sweep.
+"""The OOD evaluation protocol on cached features: fit every score on ID training data, choose KNN's k on
+held-out data, score every set, summarise; plus the ID-vs-ID check and the NECO sensitivity sweep.
 
-All functions take cached :class:`helpers.features.Features` (or anything with ``.features`` h (N, D),
-``.logits`` z (N, K) and ``.labels`` (N,)) and the last layer W (K, D), b (K,); nothing calls the model.
-Scores follow ``helpers.ood``: **higher = more in-distribution**. Each score is fitted once on the ID
-training features and then scores every set in one call, so a set costs one vectorised pass per score.
-Protocol and metrics: the book, chapters "OOD scores" (section "How hyper-parameters are fixed") and "Metrics".
+Pure functions of :class:`helpers.features.Features` (anything with ``.features`` h (N, D), ``.logits``
+z (N, K) and ``.labels`` (N,)) and the last layer W (K, D), b (K,); nothing here calls the model, so notebook 02
+(features from the run's checkpoints) and ``python -m helpers.evaluate`` (features from a snapshot's weights)
+go through the same :func:`detect`. Scores come from ``helpers.ood.SCORES`` (**higher = more
+in-distribution**), metrics from ``helpers.metrics``. Protocol: the book, chapter "OOD scores", section
+"How hyper-parameters are fixed"; metrics: chapter "Metrics".
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -20,6 +23,9 @@ from torch import Tensor
 from . import metrics, ood
 from .stats import ArrayLike, as_tensor
 
+ID_TEST = "ID test"                             # the name of the ID test set among the scored sets
+KNN_K = (1, 5, 10, 20, 50, 100, 200)            # candidate k of KNN, chosen on validation data
+
 
 class FeatureSet(Protocol):
     """What the functions here read from a :class:`helpers.features.Features`."""
@@ -29,12 +35,23 @@ class FeatureSet(Protocol):
     labels: Tensor      # (N,)
 
 
-Raw = dict[str, dict[str, np.ndarray]]      # {score: {set: (N_set,) scores}}
+Raw = dict[str, dict[str, np.ndarray]]                       # {score: {set: (N_set,) scores}}
+Results = dict[str, dict[str, dict[str, float]]]             # {score: {set: metrics.summary}}
 
 
 def _check_sets(sets: dict[str, Any], what: str) -> None:
     if not sets:
         raise ValueError(f"{what} is empty; pass at least one named set.")
+
+
+# ------------------------------------------------------------------------------------- fit and score
+def default_options(D: int) -> dict[str, dict[str, Any]]:
+    """Options of every score of ``ood.SCORES``, in its order: the classes' defaults plus the book's rules
+    (ViM's d by its class's rule from D and K, NECO at 90 % explained variance, ReAct/ASH at the 90th
+    percentile). ``D`` is kept in the signature for rules that depend on the feature size."""
+    rules = dict(neco={"explained_variance": 0.9},
+                 react={"percentile": 90}, ash={"percentile": 90}, energy={"temperature": 1.0}, gen={"gamma": 0.1})
+    return {name: rules.get(name, {}) for name in ood.SCORES}
 
 
 def fit_score(name: str, options: dict[str, Any], train: FeatureSet, fc_weight: ArrayLike,
@@ -55,15 +72,12 @@ def compute_scores(train: FeatureSet, fc_weight: ArrayLike, fc_bias: ArrayLike, 
     """
     _check_sets(sets, "sets")
     _check_sets(scores, "scores")
-    raw: Raw = {}
-    fitted: dict[str, ood.OODScore] = {}
-    for name, options in scores.items():
-        fitted[name] = fit_score(name, options, train, fc_weight, fc_bias)
-        raw[name] = {s: fitted[name].score(f.features, f.logits) for s, f in sets.items()}
+    fitted = {name: fit_score(name, options, train, fc_weight, fc_bias) for name, options in scores.items()}
+    raw = {name: {s: f.score(x.features, x.logits) for s, x in sets.items()} for name, f in fitted.items()}
     return raw, fitted
 
 
-def summarise(raw: Raw, id_name: str, n_boot: int = 200, seed: int = 0) -> dict[str, dict[str, dict[str, float]]]:
+def summarise(raw: Raw, id_name: str, n_boot: int = 200, seed: int = 0) -> Results:
     """``metrics.summary`` of ID set ``id_name`` against every other set, per score: {score: {set: summary}}.
 
     AUROC and FPR95 are derived in the book, chapter "Metrics" (eq. eq-auroc, eq-fpr95).
@@ -79,7 +93,7 @@ def summarise(raw: Raw, id_name: str, n_boot: int = 200, seed: int = 0) -> dict[
 
 def evaluate_scores(train: FeatureSet, fc_weight: ArrayLike, fc_bias: ArrayLike, id_test: FeatureSet,
                     ood_sets: dict[str, FeatureSet], scores: dict[str, dict[str, Any]], n_boot: int = 200,
-                    seed: int = 0) -> dict[str, dict[str, dict[str, float]]]:
+                    seed: int = 0) -> Results:
     """Every score fitted on ``train``, ID test vs each OOD set: {score: {ood_set: metrics.summary}}."""
     _check_sets(ood_sets, "ood_sets")
     id_name = "__id_test__"
@@ -89,6 +103,69 @@ def evaluate_scores(train: FeatureSet, fc_weight: ArrayLike, fc_bias: ArrayLike,
     return summarise(raw, id_name, n_boot=n_boot, seed=seed)
 
 
+def select_option(name: str, param: str, values: list[Any], train: FeatureSet, fc_weight: ArrayLike,
+                  fc_bias: ArrayLike, id_val: FeatureSet, ood_val: FeatureSet,
+                  base: dict[str, Any] | None = None) -> tuple[Any, list[float]]:
+    """Choose ``param`` of score ``name`` among ``values`` by AUROC of ID validation vs the validation OOD set.
+
+    Only held-out data enter: ``id_val`` is the ID validation split and ``ood_val`` the validation OOD set,
+    never a test set (the book, chapter "OOD scores", section "How hyper-parameters are fixed").
+    Ties go to the earliest value in ``values``. Returns (chosen value, AUROC per value).
+    """
+    if not values:
+        raise ValueError(f"values is empty; pass the candidate values of {param!r}.")
+    aurocs = []
+    for v in values:
+        s = fit_score(name, {**(base or {}), param: v}, train, fc_weight, fc_bias)
+        aurocs.append(metrics.ood_metrics(s.score(id_val.features, id_val.logits),
+                                          s.score(ood_val.features, ood_val.logits))["auroc"])
+    return values[int(np.argmax(aurocs))], aurocs
+
+
+# ------------------------------------------------------------------------------ the whole protocol
+@dataclass
+class Detection:
+    """What :func:`detect` returns: options as used, KNN's selection, raw scores, fitted scores, summaries."""
+
+    options: dict[str, dict[str, Any]]
+    selection: dict[str, Any]
+    raw: Raw
+    fitted: dict[str, ood.OODScore]
+    results: Results
+
+    @property
+    def used(self) -> dict[str, dict[str, Any]]:
+        return fitted_params(self.fitted)
+
+
+def detect(feats: dict[str, FeatureSet], fc_weight: ArrayLike, fc_bias: ArrayLike, ood_names: list[str],
+           val_ood: str, n_boot: int = 200, seed: int = 0) -> Detection:
+    """The protocol of notebook 02 and ``python -m helpers.evaluate``: every score of ``ood.SCORES``.
+
+    ``feats`` holds ``"train"``, ``"val"`` and ``"test"`` (the ID splits), every name of ``ood_names`` and
+    ``val_ood``. Scores use :func:`default_options`; KNN's k is chosen among :data:`KNN_K` by
+    :func:`select_option` on ID validation vs ``val_ood``; each score is then fitted on ``"train"`` and
+    ``"test"`` (as :data:`ID_TEST`) is summarised against each OOD set.
+    """
+    train = feats["train"]
+    options = default_options(int(as_tensor(train.features).shape[1]))
+    values = [k for k in KNN_K if k <= len(train.labels)]
+    chosen, aurocs = select_option("knn", "k", values, train, fc_weight, fc_bias, feats["val"], feats[val_ood])
+    options["knn"] = {"k": chosen}
+    selection = dict(score="knn", param="k", values=values, val_auroc=aurocs, chosen=chosen, id_set="val",
+                     ood_set=val_ood)
+    sets = {ID_TEST: feats["test"], **{n: feats[n] for n in ood_names}}
+    raw, fitted = compute_scores(train, fc_weight, fc_bias, sets, options)
+    return Detection(options, selection, raw, fitted, summarise(raw, ID_TEST, n_boot=n_boot, seed=seed))
+
+
+def by_set(results: Results) -> dict[str, dict[str, dict[str, float]]]:
+    """{score: {set: m}} → {set: {score: m}}, sets and scores in their first order."""
+    sets = dict.fromkeys(s for per_set in results.values() for s in per_set)
+    return {s: {name: per_set[s] for name, per_set in results.items() if s in per_set} for s in sets}
+
+
+# ------------------------------------------------------------------------------------ ID-vs-ID check
 def split_halves(n: int, seed: int = 0) -> tuple[Tensor, Tensor]:
     """A seeded random split of range(n) into two sorted halves A (floor(n/2)) and B (the rest)."""
     if n < 2:
@@ -131,25 +208,7 @@ def id_vs_id(id_scores: dict[str, ArrayLike], n_boot: int = 200, seed: int = 0) 
             "scores": {k: metrics.summary(v[a], v[b], n_boot=n_boot, seed=seed) for k, v in arrays.items()}}
 
 
-def select_option(name: str, param: str, values: list[Any], train: FeatureSet, fc_weight: ArrayLike,
-                  fc_bias: ArrayLike, id_val: FeatureSet, ood_val: FeatureSet,
-                  base: dict[str, Any] | None = None) -> tuple[Any, list[float]]:
-    """Choose ``param`` of score ``name`` among ``values`` by AUROC of ID validation vs the validation OOD set.
-
-    Only held-out data enter: ``id_val`` is the ID validation split and ``ood_val`` the validation OOD set,
-    never a test set (the book, chapter "OOD scores", section "How hyper-parameters are fixed").
-    Ties go to the earliest value in ``values``. Returns (chosen value, AUROC per value).
-    """
-    if not values:
-        raise ValueError(f"values is empty; pass the candidate values of {param!r}.")
-    aurocs = []
-    for v in values:
-        s = fit_score(name, {**(base or {}), param: v}, train, fc_weight, fc_bias)
-        aurocs.append(metrics.ood_metrics(s.score(id_val.features, id_val.logits),
-                                          s.score(ood_val.features, ood_val.logits))["auroc"])
-    return values[int(np.argmax(aurocs))], aurocs
-
-
+# ------------------------------------------------------------------------------------- NECO's d
 def sweep_dims(D: int, n: int = 24) -> list[int]:
     """About ``n`` log-spaced integer dimensions from 1 to D (both included), increasing."""
     if D < 1 or n < 1:
@@ -204,6 +263,7 @@ def neco_sweep(train: FeatureSet, fc_weight: ArrayLike, fc_bias: ArrayLike, id_t
             "chosen_dim": int(rule.dim_), "auroc": auroc}
 
 
+# ------------------------------------------------------------------------------------------ tables
 def fitted_params(fitted: dict[str, ood.OODScore]) -> dict[str, dict[str, Any]]:
     """Hyper-parameters of fitted scores as used: ``get_params()`` plus resolved values (``dim_``, ``M_``)."""
     resolved = {"dim_": "dim", "M_": "M"}
@@ -211,19 +271,21 @@ def fitted_params(fitted: dict[str, ood.OODScore]) -> dict[str, dict[str, Any]]:
             for name, s in fitted.items()}
 
 
-def average(results: dict[str, dict[str, dict[str, float]]], keys: tuple[str, ...] = ("auroc", "fpr95")
-            ) -> dict[str, dict[str, float]]:
+def average(results: Results, keys: tuple[str, ...] = ("auroc", "fpr95")) -> dict[str, dict[str, float]]:
     """Mean over OOD sets of each metric in ``keys``, per score: {score: {metric: mean}}."""
     return {name: {k: float(np.mean([m[k] for m in per_set.values()])) for k in keys}
             for name, per_set in results.items()}
 
 
-def interval_table(results: dict[str, dict[str, dict[str, float]]], metric: str = "auroc") -> pd.DataFrame:
-    """Point estimate and bootstrap interval of ``metric`` in percent, "71.2 [68.0, 74.1]": scores x sets.
+def interval(m: dict[str, float], metric: str = "auroc") -> str:
+    """Point estimate and bootstrap interval in percent: "71.2 [68.0, 74.1]"."""
+    return f"{100 * m[metric]:.1f} [{100 * m[f'{metric}_low']:.1f}, {100 * m[f'{metric}_high']:.1f}]"
+
+
+def interval_table(results: Results, metric: str = "auroc") -> pd.DataFrame:
+    """:func:`interval` of ``metric`` for every score (rows) and set (columns).
 
     Needs summaries with ``<metric>_low`` and ``<metric>_high`` (``metrics.summary`` with ``n_boot`` > 0).
     """
-    def cell(m: dict[str, float]) -> str:
-        return f"{100 * m[metric]:.1f} [{100 * m[f'{metric}_low']:.1f}, {100 * m[f'{metric}_high']:.1f}]"
-
-    return pd.DataFrame({name: {s: cell(m) for s, m in per_set.items()} for name, per_set in results.items()}).T
+    return pd.DataFrame({name: {s: interval(m, metric) for s, m in per_set.items()}
+                         for name, per_set in results.items()}).T
