@@ -12,10 +12,11 @@ Same model (CIFAR ResNet-18 of the given width, same initial weights), batch siz
 momentum and weight decay, cross-entropy, augmentation on; one epoch over N synthetic images per repetition,
 A and B alternating; images/s from the median epoch time.
 
-Then an **estimate** (no GPU here) of seconds per epoch on an H100 for the full profile (ResNet-18 width 64,
-CIFAR-100: 50,000 images, batch 128): forward + backward FLOPs per image counted by
-torch.utils.flop_counter.FlopCounterMode on the real model (convolutions and matrix products only), times
-50,000, divided by an assumed sustained bf16 throughput.
+Then the compute part of an H100 estimate for the full profile (ResNet-18 width 64, 50,000 images, batch 128):
+forward + backward FLOPs per image counted by torch.utils.flop_counter.FlopCounterMode on the real model
+(convolutions and matrix products only), times 50,000, at 30-50 % of the bf16 peak. This is a lower bound;
+the memory- and launch-bound parts of a step are estimated in benchmarks/README.md (section "GPU") and
+measured on a GPU by benchmarks/bench_gpu.py.
 
     python benchmarks/bench_train.py [--quick | --full] [--threads 1] [--widths 8 16] [--json out.json]
 """
@@ -36,8 +37,8 @@ from helpers.model import ResNet18
 
 SIZES = {"quick": (1280, (8,), 2), "default": (2560, (8, 16), 3), "full": (10000, (8, 16), 3)}  # N, widths, reps
 H100_BF16_DENSE = 989.4e12          # FLOP/s, H100 SXM dense bf16 tensor-core peak (NVIDIA data sheet)
-UTILISATION = {"compute-bound (35-40 % of peak)": (0.35, 0.40),
-               "pessimistic (10-20 %: BN/ReLU memory traffic, launches)": (0.10, 0.20)}
+UTILISATION = {"convolutions alone at 30-50 % of peak (a lower bound: memory- and launch-bound parts are in "
+               "benchmarks/README.md, section GPU)": (0.30, 0.50)}
 
 
 def reference_epoch(model: torch.nn.Module, loader, opt: torch.optim.Optimizer) -> tuple[float, float]:
@@ -81,8 +82,9 @@ def bench_width(width: int, x, y, repeats: int, workers: int) -> dict:
     opt_b, _ = train.make_optimiser(cfg, model_b)
     g = torch.Generator().manual_seed(0)
     loader = reference_loader(x, y, mean.tolist(), std.tolist(), workers)
-    times = common.interleaved({"ours": lambda: train.train_epoch(model_a, images, labels, splits, opt_a, g, cfg,
-                                                                  device),
+    stats = (splits.mean, splits.std)
+    times = common.interleaved({"ours": lambda: train.train_epoch(model_a, images, labels, stats, opt_a, g, cfg,
+                                                                  device, True),
                                 "reference": lambda: reference_epoch(model_b, loader, opt_b)},
                                repeats=repeats, warmup=1)
     n_epoch = (len(images) // cfg.batch_size) * cfg.batch_size

@@ -2,13 +2,18 @@
 
 Mixed precision follows the hardware: bf16 autocast on CUDA devices of compute capability ≥ 8.0 (Ampere and
 newer), fp16 autocast with a gradient scaler below it (a T4, as free Colab gives, runs bf16 convolutions on slow
-paths), float32 on the CPU. Features for metrics are always pooled and classified in float32
-(:func:`helpers.features.extract`).
+paths), float32 on the CPU; ``-p precision`` overrides the choice. Features for metrics are always pooled and
+classified in float32 (:func:`helpers.features.extract`).
+
+CUDA training turns cuDNN autotuning on (training shapes are fixed, so the fastest convolution algorithms are
+measured once and reused); ``-p deterministic true`` turns it off and asks for deterministic algorithms
+instead, for bit-identical GPU runs at a cost in speed (often 10-30 %, more for some layers).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass
 
 import torch
@@ -44,16 +49,22 @@ def device_name(device: torch.device) -> str:
 
 
 def choose_precision(asked: str, device_type: str, capability: tuple[int, int] | None) -> tuple[str, str]:
-    """(precision, reason) for ``asked`` in auto|bf16|fp16|fp32 on a device of ``capability`` (CUDA only)."""
+    """(precision, reason) for ``asked`` in auto|bf16|fp16|fp32 on a device of ``capability`` (CUDA only).
+
+    auto: bf16 at compute capability ≥ 8.0, fp16 (with a gradient scaler) below it, fp32 off CUDA.
+    """
+    if asked not in DTYPES and asked != "auto":
+        raise ValueError(f"precision {asked!r} is not one of auto, bf16, fp16, fp32; e.g. -p precision auto.")
+    cap = f"{capability[0]}.{capability[1]}" if capability else "unknown"
     if asked != "auto":
         if asked == "fp16" and device_type != "cuda":
             raise ValueError("precision fp16 needs a CUDA device; use -p precision fp32 (or bf16) on the CPU.")
-        return asked, "asked for explicitly"
+        slow = asked == "bf16" and device_type == "cuda" and not (capability and capability >= (8, 0))
+        return asked, "asked for explicitly" + (f"; slow at compute capability {cap} < 8.0" if slow else "")
     if device_type != "cuda":
         return "fp32", "CPU: float32"
     if capability is not None and capability >= (8, 0):
-        return "bf16", f"compute capability {capability[0]}.{capability[1]} >= 8.0 has fast bf16"
-    cap = f"{capability[0]}.{capability[1]}" if capability else "unknown"
+        return "bf16", f"compute capability {cap} >= 8.0 has fast bf16"
     return "fp16", f"compute capability {cap} < 8.0: bf16 would be slow, fp16 with a gradient scaler"
 
 
@@ -90,10 +101,25 @@ class Precision:
         self.scaler.update()
 
 
+def training_line(device: torch.device, amp: Precision, backend: str = "") -> str:
+    """The one line printed at the start of training: the chosen device's name, the precision and why."""
+    where = f"{device_name(device)} ({device})" if device.type == "cuda" else device_name(device)
+    return f"training on {where} in {amp.name} ({amp.reason})" + (f", {backend}" if backend else "")
+
+
 def configure_backends(cfg: Config, device: torch.device) -> str:
-    """cuDNN autotuning on for CUDA training (fixed shapes), or deterministic algorithms when asked for."""
+    """cuDNN autotuning on for CUDA training (fixed shapes), or deterministic algorithms when asked for.
+
+    ``cfg.deterministic`` turns autotuning off, makes cuDNN and every other op deterministic and sets the cuBLAS
+    workspace that deterministic matrix products need: bit-identical GPU runs, slower (the fastest kernels
+    are often the non-deterministic ones). The CPU is deterministic already and is left alone. Returns what
+    was set, for the line printed at the start of training.
+    """
     if device.type != "cuda":
         return ""
+    if cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")   # read when cuBLAS starts
     torch.backends.cudnn.benchmark = not cfg.deterministic
+    torch.backends.cudnn.deterministic = cfg.deterministic
     torch.use_deterministic_algorithms(cfg.deterministic, warn_only=True)
     return "deterministic algorithms (slower)" if cfg.deterministic else "cuDNN autotuning"
