@@ -30,18 +30,19 @@ def setup(namespace: dict[str, Any]):
     (``config.from_notebook``), the ID splits (``data.id_splits``, after ``data.prepare`` decoded any real set
     that is not prepared yet) and the device (``device.resolve_device``).
     """
-    from . import config, data
+    from . import colab, config, data
     from .device import resolve_device
 
     cfg = config.from_notebook(namespace)
     device = resolve_device(cfg)
-    data.prepare(cfg)
+    data.prepare(cfg, quiet=True)
     splits = data.id_splits(cfg)
     print(f"profile {cfg.profile} ({config.choose_profile(namespace.get('profile', 'auto'))[1]}) on {device}; "
           f"artifacts in {cfg.run_dir()}")
     print(f"ID set {cfg.id_dataset}: {splits.num_classes} classes, {len(splits.train)} train / {len(splits.val)} "
-          f"val / {len(splits.test)} test images; plan: width {cfg.width}, {cfg.epochs} epochs, batch "
+          f"val / {len(splits.test)} test images; network: width {cfg.width}, {cfg.epochs} epochs, batch "
           f"{cfg.batch_size}, lr {cfg.lr}, weight decay {cfg.weight_decay}, augmentation "
           f"{'on' if cfg.augment else 'off'}" + (f" (last {cfg.plain_epochs} epochs plain)" if cfg.plain_epochs
                                                  else ""))
+    print(colab.training_plan(cfg, device))
     return cfg, splits, device

@@ -320,7 +320,7 @@ def ncc_predict(features: ArrayLike, means: ArrayLike, chunk_size: int = 8192) -
     return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long, device=h.device)
 
 
-def _predictions(h: Tensor, y: Tensor, means: Tensor, z: Tensor | None) -> dict[str, float]:
+def heldout_predictions(h: Tensor, y: Tensor, means: Tensor, z: Tensor | None) -> dict[str, float]:
     """NCC accuracy, and with logits the network accuracy and NC4 (eq. eq-nc4)."""
     ncc = ncc_predict(h, means)                                          # (N,)
     out = {"ncc_accuracy": float((ncc == y).double().mean())}
@@ -377,7 +377,7 @@ def nc_metrics(
     means = class_means(h, y, K)                                         # (K, D)
     sigma_w = within_class_cov(h, y, means)                              # (D, D)
     out = _geometry(means, h.mean(0), sigma_w, class_variances(h, y, means), W)
-    return out | _predictions(h, y, means, z)
+    return out | heldout_predictions(h, y, means, z)
 
 
 # --------------------------------------------------------------------------- ID vs OOD (NC5)

@@ -36,11 +36,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from . import synthetic
 from .artifacts import ArtifactsError, write_torch
 from .config import REPO_ROOT, Config
+from .progress import progress_bar as tqdm
 
 SIZE = 32
 SHARED = REPO_ROOT.parent / "shared" / "data"

@@ -18,7 +18,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from .artifacts import RunPaths, write_torch
 from .checkpoint import digest as checkpoint_digest
@@ -27,6 +26,7 @@ from .config import Config
 from .data import ImageSet, Splits, normalize
 from .device import Precision
 from .model import build_model
+from .progress import progress_bar as tqdm
 
 
 @dataclass

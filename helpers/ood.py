@@ -113,9 +113,7 @@ class OODScore:
             raise ValueError(f"fc_bias has {b.numel()} entries, fc_weight has {K} rows; pass the same layer's bias.")
         if z.shape[0] != h.shape[0] or h.shape[0] == 0:
             raise ValueError(f"got {h.shape[0]} feature rows and {z.shape[0]} logit rows; pass one of each per sample.")
-        y = as_labels(train_labels, h.shape[0])
-        if y.min() < 0 or y.max() >= K:
-            raise ValueError(f"train_labels must lie in [0, {K}); got {int(y.min())}..{int(y.max())}.")
+        y = as_labels(train_labels, h.shape[0], K, name="train_labels")
         self._fit(h, z, y, W, b)
         self.n_features_in_, self.n_classes_ = D, K
         return self
@@ -130,7 +128,7 @@ class OODScore:
         _check_matrix(z, "logits", self.n_classes_, "classes")
         if z.shape[0] != h.shape[0]:
             raise ValueError(f"got {h.shape[0]} feature rows and {z.shape[0]} logit rows; pass one of each per sample.")
-        return self._score(h, z).numpy().astype(np.float64).reshape(-1)       # (N,)
+        return self._score(h, z).cpu().numpy().astype(np.float64).reshape(-1)       # (N,)
 
     def get_params(self) -> dict[str, Any]:
         """Hyper-parameters as given to ``__init__`` (as scikit-learn's ``get_params``)."""
@@ -295,7 +293,7 @@ class ViM(OODScore):
             raise NotFittedError("ViM is not fitted yet; call fit(...) first.")
         h = _tensor(features, "features")
         _check_matrix(h, "features", self.null_space_.shape[0], "feature dimensions")
-        return self._residual(h).numpy()
+        return self._residual(h).cpu().numpy()
 
     def _score(self, h: Tensor, z: Tensor) -> Tensor:
         return torch.logsumexp(z, dim=1) - self.alpha_ * self._residual(h)

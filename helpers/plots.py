@@ -1,10 +1,46 @@
-"""Figures of the book. Every function returns the matplotlib figure (the notebook shows or saves it)."""
+"""Figures of the book. Every function returns the matplotlib figure; :func:`show` puts it into the notebook.
+
+Figure titles use words, never equation label ids; :data:`LABELS` holds the readable names of the score and
+metric keys used in tables and legends.
+"""
 
 from __future__ import annotations
+
+import io
 
 import matplotlib.pyplot as plt
 import numpy as np
 from torch import Tensor
+
+LABELS: dict[str, str] = {
+    "msp": "MSP", "maxlogit": "Max Logit", "energy": "Energy", "mahalanobis": "Mahalanobis", "vim": "ViM",
+    "neco": "NECO", "neco_maxlogit": "NECO × Max Logit", "knn": "KNN*", "react": "ReAct*", "ash": "ASH-S*",
+    "gen": "GEN*", "nc1": "NC1", "cdnv": "CDNV", "nc2_equinorm": "NC2 equinorm (means)",
+    "nc2_equinorm_w": "NC2 equinorm (W)", "nc2_equiangular": "NC2 equiangularity (means)",
+    "nc2_equiangular_w": "NC2 equiangularity (W)", "nc2_maxangle": "NC2 max-angle (means)",
+    "nc2_maxangle_w": "NC2 max-angle (W)", "nc3": "NC3 self-duality", "nc4": "NC4 (train)",
+    "test_nc4": "NC4 (test)", "accuracy": "train accuracy", "test_accuracy": "test accuracy",
+    "ncc_accuracy": "nearest-mean accuracy (train)", "test_ncc_accuracy": "nearest-mean accuracy (test)",
+    "nc5": "NC5 (uncentred)", "nc5_centred": "NC5 (centred)", "auroc": "AUROC (%)", "fpr95": "FPR95 (%)",
+    "nc1_per_direction": "NC1 per direction", "ncc_train": "nearest-mean accuracy (train)",
+    "ncc_test": "nearest-mean accuracy (test)", "channels": "channels", "low_rank": "fewer than K−1 channels",
+}
+"""Readable names of table keys; a ``*`` marks the optional scores beyond the assignment's six."""
+
+
+def label(key: str) -> str:
+    """The readable name of a score or metric key (the key itself when it has none)."""
+    return LABELS.get(key, key)
+
+
+def show(fig: plt.Figure, dpi: int = 100) -> None:
+    """Display ``fig`` as a PNG in the notebook and close it: works under any backend, Agg included."""
+    from IPython.display import Image, display
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    display(Image(data=buffer.getvalue(), format="png"))
 
 
 # ------------------------------------------------------------------------------------------ training (01)
@@ -84,7 +120,7 @@ def score_histograms(raw: dict[str, dict[str, np.ndarray]], id_name: str, ood_na
         ax.hist(raw[name][id_name], edges, density=True, color="0.75", label=id_name)
         for s in ood_names:
             ax.hist(raw[name][s], edges, density=True, histtype="step", lw=1.3, label=s)
-        ax.set_title(name, fontsize=9)
+        ax.set_title(label(name), fontsize=9)
         ax.set_yticks([])
         ax.tick_params(labelsize=7)
     for ax in axes.flat[len(names):]:
@@ -105,7 +141,7 @@ def roc_curves(raw: dict[str, dict[str, np.ndarray]], id_name: str, ood_name: st
         s = np.concatenate([per_set[id_name], per_set[ood_name]])
         is_id = np.r_[np.ones(len(per_set[id_name])), np.zeros(len(per_set[ood_name]))]
         fpr, tpr, _ = roc_curve(is_id, s)
-        ax.plot(fpr, tpr, lw=1.2, label=f"{name} ({100 * roc_auc_score(is_id, s):.1f})")
+        ax.plot(fpr, tpr, lw=1.2, label=f"{label(name)} ({100 * roc_auc_score(is_id, s):.1f})")
     ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
     ax.axhline(0.95, color="grey", lw=0.8, ls="--")
     ax.set(xlabel=f"FPR: {ood_name} accepted as ID", ylabel=f"TPR: {id_name} kept", xlim=(0, 1), ylim=(0, 1.01),
@@ -121,10 +157,10 @@ def neco_dim_sweep(sweep: dict) -> plt.Figure:
     and the d of the explained-variance rule marked; ``sweep`` as returned by ``protocol.neco_sweep``."""
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     for name, auroc in sweep["auroc"].items():
-        ax.plot(sweep["dims"], auroc, marker=".", lw=1.2, label=name)
+        ax.plot(sweep["dims"], 100 * np.asarray(auroc), marker=".", lw=1.2, label=name)
     ax.axvline(sweep["chosen_dim"], color="grey", lw=1, ls="--")
-    ax.axhline(0.5, color="grey", lw=0.8, ls=":")
-    ax.set(xscale="log", xlabel="principal components d", ylabel="AUROC", title="NECO against d")
+    ax.axhline(50, color="grey", lw=0.8, ls=":")
+    ax.set(xscale="log", xlabel="principal components d", ylabel="AUROC (%)", title="NECO against d")
     twin = ax.twinx()
     twin.plot(sweep["dims"], sweep["explained_variance"], color="black", lw=1, ls="-.", label="explained variance")
     twin.set(ylabel="cumulative explained variance", ylim=(0, 1.02))
@@ -144,7 +180,7 @@ def auroc_heatmap(results: dict[str, dict[str, dict]]) -> plt.Figure:
     for (i, j), v in np.ndenumerate(grid):
         ax.text(j, i, f"{100 * v:.1f}", ha="center", va="center", fontsize=7)
     ax.set_xticks(range(len(cols)), cols, rotation=20, ha="right", fontsize=8)
-    ax.set_yticks(range(len(rows)), rows, fontsize=8)
+    ax.set_yticks(range(len(rows)), [label(r) for r in rows], fontsize=8)
     ax.axvline(len(cols) - 1.5, color="black", lw=1)
     fig.colorbar(im, ax=ax, label="AUROC (%)")
     ax.set_title("AUROC per score and OOD set")
@@ -155,9 +191,9 @@ def auroc_heatmap(results: dict[str, dict[str, dict]]) -> plt.Figure:
 def validation_curve(values: list, aurocs: list[float], chosen, param: str, title: str = "") -> plt.Figure:
     """Validation AUROC against the candidate values of one hyper-parameter, the chosen value marked."""
     fig, ax = plt.subplots(figsize=(4.6, 3.0))
-    ax.plot(values, aurocs, marker="o", lw=1.2)
+    ax.plot(values, 100 * np.asarray(aurocs), marker="o", lw=1.2)
     ax.axvline(chosen, color="grey", lw=1, ls="--")
-    ax.set(xscale="log", xlabel=param, ylabel="validation AUROC", title=title)
+    ax.set(xscale="log", xlabel=param, ylabel="validation AUROC (%)", title=title)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
@@ -184,12 +220,11 @@ def _mark_tpt(ax: plt.Axes, tpt_epoch: int | None) -> None:
 
 
 _COLLAPSE_PANELS = (
-    ("NC1 and CDNV (eq-nc1, eq-cdnv)", (("nc1", "NC1"), ("cdnv", "CDNV"))),
-    ("NC2 equinorm (eq-nc2-equinorm)", (("nc2_equinorm", "class means"), ("nc2_equinorm_w", "classifier W"))),
-    ("NC2 equiangularity (eq-nc2-equiangular)", (("nc2_equiangular", "class means"),
-                                                  ("nc2_equiangular_w", "classifier W"))),
-    ("NC3 self-duality (eq-nc3)", (("nc3", "NC3"),)),
-    ("NC4: network vs nearest mean (eq-nc4)", (("nc4", "train"), ("test_nc4", "test"))),
+    ("NC1: within-class variability, and CDNV", (("nc1", "NC1"), ("cdnv", "CDNV"))),
+    ("NC2: equal norms", (("nc2_equinorm", "class means"), ("nc2_equinorm_w", "classifier W"))),
+    ("NC2: equal angles", (("nc2_equiangular", "class means"), ("nc2_equiangular_w", "classifier W"))),
+    ("NC3: classifier aligned with the means", (("nc3", "NC3"),)),
+    ("NC4: network vs nearest mean", (("nc4", "train"), ("test_nc4", "test"))),
     ("Accuracy", (("accuracy", "network, train"), ("test_accuracy", "network, test"),
                   ("test_ncc_accuracy", "nearest mean, test"))),
 )
@@ -275,12 +310,13 @@ def class_means_gif(frames: list[dict], path, ms_per_frame: int = 700) -> str:
 def nc5_curves(rows: list[dict], tpt_epoch: int | None = None) -> plt.Figure:
     """NC5 (uncentred, centred) and NECO's AUROC against epoch, one line per OOD set."""
     names = list(dict.fromkeys(r["ood_set"] for r in rows))
-    panels = (("nc5", "NC5, uncentred (eq-nc5)"), ("nc5_centred", "NC5, centred (eq-nc5-centred)"),
-              ("auroc", "NECO AUROC"))
+    panels = (("nc5", "NC5, uncentred"), ("nc5_centred", "NC5, centred on the ID mean"),
+              ("auroc", "NECO AUROC (%)"))
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     for ax, (key, title) in zip(axes, panels, strict=True):
         for name in names:
-            ax.plot(*_series(rows, key, ood_set=name), "o-", ms=3, label=name)
+            epochs, values = _series(rows, key, ood_set=name)
+            ax.plot(epochs, 100 * np.asarray(values) if key == "auroc" else values, "o-", ms=3, label=name)
         _mark_tpt(ax, tpt_epoch)
         ax.set(xlabel="epoch", title=title)
         ax.grid(alpha=0.3)
@@ -297,12 +333,12 @@ def nc5_scatter(rows: list[dict]) -> plt.Figure:
     for ax, key in zip(axes, ("nc5", "nc5_centred"), strict=True):
         for name in names:
             sub = [r for r in rows if r["ood_set"] == name]
-            x, y = [r[key] for r in sub], [r["auroc"] for r in sub]
+            x, y = [r[key] for r in sub], [100 * r["auroc"] for r in sub]
             line, = ax.plot(x, y, "o-", ms=4, lw=0.8, alpha=0.8, label=name)
             ax.scatter(x[-1], y[-1], s=120, facecolor="none", edgecolor=line.get_color())
-        ax.set(xlabel=key.replace("_", " "), title=f"AUROC vs {key.replace('_', ' ')}")
+        ax.set(xlabel=label(key), title=f"NECO AUROC against {label(key)}")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("NECO AUROC")
+    axes[0].set_ylabel("NECO AUROC (%)")
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     return fig
@@ -330,8 +366,8 @@ def id_ood_projection(proj: dict) -> plt.Figure:
     return fig
 
 
-_LAYER_PANELS = (("nc1", "NC1 (eq-nc1)", True), ("nc1_per_direction", "NC1 per between-class direction", True),
-                 ("cdnv", "CDNV (eq-cdnv)", True), ("nc2_equiangular", "NC2 equiangularity", False),
+_LAYER_PANELS = (("nc1", "NC1", True), ("nc1_per_direction", "NC1 per between-class direction", True),
+                 ("cdnv", "CDNV", True), ("nc2_equiangular", "NC2 equiangularity", False),
                  ("ncc_train", "NCC accuracy, train", False), ("ncc_test", "NCC accuracy, test", False))
 
 
@@ -385,5 +421,80 @@ def layer_profile(rows: list[dict], epoch: int) -> plt.Figure:
     for ax in (axes[0], axes[2]):
         ax.legend(fontsize=8)
     fig.suptitle(f"Epoch {epoch}" + (" (shaded: fewer than K-1 channels)" if any(r["low_rank"] for r in sub) else ""))
+    fig.tight_layout()
+    return fig
+
+
+# ------------------------------------------------------------------------------------------ pictures before formulas
+def roc_sketch(separation: float = 1.5, seed: int = 0) -> plt.Figure:
+    """Two Gaussian score distributions (ID right, OOD left) and their ROC curve, with FPR95 and the AUROC
+    marked: the picture behind the book's chapter "Evaluating an OOD detector"."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    rng = np.random.default_rng(seed)
+    s_id, s_ood = rng.normal(separation, 1, 4000), rng.normal(0, 1, 4000)       # (N,), (N,)
+    threshold = np.quantile(s_id, 0.05)                                          # keeps 95 % of ID
+    fig, (ax_h, ax_r) = plt.subplots(1, 2, figsize=(9, 3.2))
+    edges = np.linspace(-4, 4 + separation, 60)
+    ax_h.hist(s_id, edges, density=True, color="0.7", label="ID")
+    ax_h.hist(s_ood, edges, density=True, histtype="step", lw=1.5, label="OOD")
+    ax_h.axvline(threshold, color="k", ls="--", lw=1)
+    ax_h.set(xlabel="score S(x) (higher = more ID)", yticks=[], title="Accept x as ID when S(x) ≥ threshold")
+    ax_h.legend(fontsize=8)
+    is_id = np.r_[np.ones(len(s_id)), np.zeros(len(s_ood))]
+    fpr, tpr, _ = roc_curve(is_id, np.r_[s_id, s_ood])
+    ax_r.fill_between(100 * fpr, 100 * tpr, color="C0", alpha=0.15)
+    ax_r.plot(100 * fpr, 100 * tpr, lw=1.5)
+    ax_r.axhline(95, color="grey", ls="--", lw=0.8)
+    ax_r.plot(100 * (s_ood >= threshold).mean(), 95, "ko", ms=4)
+    ax_r.set(xlabel="OOD accepted (FPR, %)", ylabel="ID kept (TPR, %)", aspect="equal",
+             title=f"ROC: shaded area = AUROC = {100 * roc_auc_score(is_id, np.r_[s_id, s_ood]):.0f} %")
+    fig.tight_layout()
+    return fig
+
+
+def etf_sketch() -> plt.Figure:
+    """The simplex ETF for K = 3 (a triangle in the plane) and K = 4 (a tetrahedron in 3-D), unit vectors
+    with pairwise cosine -1/(K-1) around the global mean."""
+    from .collapse import simplex_etf
+
+    fig = plt.figure(figsize=(8, 3.6))
+    ax2 = fig.add_subplot(1, 2, 1)
+    tri = simplex_etf(3, 2).numpy()                                              # (3, 2)
+    for v in tri:
+        ax2.annotate("", v, (0, 0), arrowprops=dict(arrowstyle="->", lw=1.5))
+    ax2.fill(*tri.T, alpha=0.1)
+    ax2.set(xlim=(-1.2, 1.2), ylim=(-1.2, 1.2), aspect="equal", xticks=[], yticks=[],
+            title="K = 3: 120° apart, cosine −1/2")
+    ax3 = fig.add_subplot(1, 2, 2, projection="3d")
+    tet = simplex_etf(4, 3).numpy()                                              # (4, 3)
+    for v in tet:
+        ax3.plot(*np.c_[np.zeros(3), v], lw=1.5)
+    for i in range(4):
+        for j in range(i + 1, 4):
+            ax3.plot(*np.c_[tet[i], tet[j]], color="grey", lw=0.6)
+    ax3.set(xticks=[], yticks=[], zticks=[])
+    ax3.set_title("K = 4: cosine −1/3, in K − 1 = 3 dimensions", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def collapse_cartoon(seed: int = 0) -> plt.Figure:
+    """Three classes in 2-D early in training (wide clouds) and in the terminal phase (points at the vertices of
+    an ETF), with the class means as stars: NC1 and NC2 at a glance."""
+    from .collapse import simplex_etf
+
+    rng = np.random.default_rng(seed)
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.6))
+    means_early = np.array([[0.9, 0.1], [-0.2, 0.7], [-0.4, -0.9]])              # (3, 2), unequal
+    for ax, means, spread, title in ((axes[0], means_early, 0.45, "early: wide clouds, uneven means"),
+                                     (axes[1], simplex_etf(3, 2).numpy(), 0.05, "terminal phase: NC1 and NC2")):
+        for c, mu in enumerate(means):
+            pts = mu + spread * rng.standard_normal((40, 2))                     # (40, 2)
+            ax.scatter(*pts.T, s=8, color=f"C{c}", alpha=0.5, lw=0)
+            ax.scatter(*mu, s=180, marker="*", color=f"C{c}", edgecolor="k", lw=0.7)
+            ax.plot([0, mu[0]], [0, mu[1]], color="grey", lw=0.6)
+        ax.scatter(0, 0, marker="+", color="k", s=60)
+        ax.set(xlim=(-1.7, 1.7), ylim=(-1.7, 1.7), aspect="equal", xticks=[], yticks=[], title=title)
     fig.tight_layout()
     return fig

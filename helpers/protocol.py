@@ -77,7 +77,7 @@ def compute_scores(train: FeatureSet, fc_weight: ArrayLike, fc_bias: ArrayLike, 
     return raw, fitted
 
 
-def summarise(raw: Raw, id_name: str, n_boot: int = 200, seed: int = 0) -> Results:
+def summarise(raw: Raw, id_name: str, n_boot: int = metrics.N_BOOT, seed: int = 0) -> Results:
     """``metrics.summary`` of ID set ``id_name`` against every other set, per score: {score: {set: summary}}.
 
     AUROC and FPR95 are derived in the book, chapter "Metrics" (eq. eq-auroc, eq-fpr95).
@@ -92,7 +92,7 @@ def summarise(raw: Raw, id_name: str, n_boot: int = 200, seed: int = 0) -> Resul
 
 
 def evaluate_scores(train: FeatureSet, fc_weight: ArrayLike, fc_bias: ArrayLike, id_test: FeatureSet,
-                    ood_sets: dict[str, FeatureSet], scores: dict[str, dict[str, Any]], n_boot: int = 200,
+                    ood_sets: dict[str, FeatureSet], scores: dict[str, dict[str, Any]], n_boot: int = metrics.N_BOOT,
                     seed: int = 0) -> Results:
     """Every score fitted on ``train``, ID test vs each OOD set: {score: {ood_set: metrics.summary}}."""
     _check_sets(ood_sets, "ood_sets")
@@ -139,7 +139,7 @@ class Detection:
 
 
 def detect(feats: dict[str, FeatureSet], fc_weight: ArrayLike, fc_bias: ArrayLike, ood_names: list[str],
-           val_ood: str, n_boot: int = 200, seed: int = 0) -> Detection:
+           val_ood: str, n_boot: int = metrics.N_BOOT, seed: int = 0) -> Detection:
     """The protocol of notebook 02 and ``python -m helpers.evaluate``: every score of ``ood.SCORES``.
 
     ``feats`` holds ``"train"``, ``"val"`` and ``"test"`` (the ID splits), every name of ``ood_names`` and
@@ -185,7 +185,7 @@ def auroc_null_sd(n_a: int, n_b: int) -> float:
     return math.sqrt((n_a + n_b + 1) / (12 * n_a * n_b))
 
 
-def id_vs_id(id_scores: dict[str, ArrayLike], n_boot: int = 200, seed: int = 0) -> dict[str, Any]:
+def id_vs_id(id_scores: dict[str, ArrayLike], n_boot: int = metrics.N_BOOT, seed: int = 0) -> dict[str, Any]:
     """Sanity check: ID test scores split in two seeded halves, half A as "ID" and half B as "OOD".
 
     The halves are exchangeable, so every score should give AUROC = 0.5 up to sampling noise of about

@@ -33,7 +33,11 @@ def load_metrics(folder: Path, name: str) -> dict[str, Any] | None:
     return read_json(Path(folder) / f"{name}.json")
 
 
+FIGURE_DPI = 200
+"""Resolution of saved figures: slide quality (a 6-inch-wide figure is 1200 pixels wide)."""
+
+
 def save_figure(cfg: Config, fig, name: str) -> Path:
-    """Save a matplotlib figure as ``<run>/figures/<name>.png``."""
+    """Save a matplotlib figure as ``<run>/figures/<name>.png`` at :data:`FIGURE_DPI` (slides and the Results page)."""
     path = ensure_writable(figures_dir(cfg)) / f"{name}.png"
-    return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
+    return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=FIGURE_DPI, bbox_inches="tight"))

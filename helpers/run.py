@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import platform
@@ -32,9 +33,12 @@ from typing import Any
 
 import yaml
 
+from . import parallel
 from .artifacts import ArtifactsError, RunLockedError, RunPaths, ensure_writable, read_json, run_lock, write_json
 from .checkpoint import CheckpointError, list_checkpoints
 from .config import REPO_ROOT, Config, choose_profile, make_config, resolve_device
+from .device import device_name
+from .profiles_help import profile_help
 
 NOTEBOOKS = ("01_training", "02_ood_scores", "03_neural_collapse", "04_nc5_ood", "05_earlier_layers")
 BOOK_FILES = ("_config.yml", "_toc.yml", "references.bib", "book")
@@ -208,12 +212,28 @@ def run(profile: str, overrides: dict[str, Any], only: list[str] | None = None, 
     with contextlib.ExitStack() as locks:
         for cfg in cfgs:
             locks.enter_context(_locked(RunPaths.of(cfg), wait_for_lock))
-        for cfg in cfgs:
-            print(f"profile {name} ({reason}), seed {cfg.seed}; artifacts in {cfg.run_dir()}", flush=True)
-            executed = out / "executed" if cfg is cfgs[-1] else out / f"executed-seed-{cfg.seed}"
-            _run_series(cfg, chosen, executed, dict(profile=name, **{**overrides, "seed": cfg.seed}))
+        gpus = parallel.visible_gpus()
+        if parallel.in_parallel(seeds, gpus, str(overrides.get("device", "auto"))):
+            print(f"profile {name} ({reason}): seeds {seeds} in parallel on GPUs {', '.join(gpus)}", flush=True)
+            parallel.run_children(parallel.plan(seeds, gpus), lambda s: _child_command(name, s, overrides, only, out))
+            shutil.rmtree(out / "executed", ignore_errors=True)
+            shutil.copytree(out / f"seed-{seeds[-1]}" / "executed", out / "executed")
+        else:
+            for cfg in cfgs:
+                print(f"profile {name} ({reason}), seed {cfg.seed}; artifacts in {cfg.run_dir()}", flush=True)
+                executed = out / "executed" if cfg is cfgs[-1] else out / f"executed-seed-{cfg.seed}"
+                _run_series(cfg, chosen, executed, dict(profile=name, **{**overrides, "seed": cfg.seed}))
         _finish(name, cfgs, seeds, out, book and len(chosen) == len(NOTEBOOKS), snapshot, len(chosen))
     return out
+
+
+def _child_command(profile: str, seed: int, overrides: dict[str, Any], only: list[str] | None, out: Path) -> list[str]:
+    """One seed's series as a child runner (on the one GPU it sees), without book or snapshot."""
+    cmd = [sys.executable, "-m", "helpers.run", "--profile", profile, "--seeds", str(seed), "--no-book",
+           "--no-snapshot", "--out", str(out / f"seed-{seed}")] + (["--only", *only] if only else [])
+    for key, value in {**overrides, "device": "cuda"}.items():
+        cmd += ["-p", key, json.dumps(value)]
+    return cmd
 
 
 @contextlib.contextmanager
@@ -283,13 +303,14 @@ def write_run_json(cfg: Config, times: dict[str, float]) -> Path:
                 date=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
                 machine=dict(platform=platform.platform(), processor=platform.machine(), cpus=os.cpu_count(),
                              torch=torch.__version__,
-                             gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None),
+                             gpu=device_name(resolve_device(cfg)) if torch.cuda.is_available() else None),
                 seconds={**old.get("seconds", {}), **times})
     return write_json(path, info)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m helpers.run", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m helpers.run", description=__doc__.split("\n\n")[0],
+                                     epilog=profile_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="smoke", help="smoke | cpu | full | auto (default: smoke)")
     parser.add_argument("-p", "--parameters", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                         help="override a config field in every notebook (papermill's spelling)")
@@ -306,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         with interrupts_as_exceptions():
             run(args.profile, parse_overrides(args.parameters), args.only, book=not args.no_book, out=args.out,
                 seeds=args.seeds, snapshot=args.snapshot, wait_for_lock=args.wait_for_lock)
-    except (ValueError, RunError, FileNotFoundError, ArtifactsError) as err:
+    except (ValueError, RunError, FileNotFoundError, ArtifactsError, parallel.SeedsFailedError) as err:
         lead = "\n" if isinstance(err, NotebookFailed) else ""      # after a progress bar's last \r
         print(f"{lead}error: {err}", file=sys.stderr)
         return 2 if isinstance(err, ValueError) else 1

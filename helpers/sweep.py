@@ -95,7 +95,7 @@ def collapse_at(cfg: Config, path: Path, splits: Splits, device: torch.device) -
     W, _ = classifier(path)                                              # (K, D)
     train, test = f["id:train"], f["id:test"]
     means = class_means(as_tensor(train.features), train.labels.long(), W.shape[0])  # (K, D)
-    held = collapse._predictions(as_tensor(test.features), test.labels.long(), means, as_tensor(test.logits))
+    held = collapse.heldout_predictions(as_tensor(test.features), test.labels.long(), means, as_tensor(test.logits))
     return collapse.nc_metrics(train.features, train.labels, W, train.logits) | {
         "test_accuracy": held["accuracy"], "test_ncc_accuracy": held["ncc_accuracy"], "test_nc4": held["nc4"]}
 
