@@ -33,7 +33,7 @@ class Config:
     id_dataset: str = "synthetic"            # synthetic | cifar100 | cifar10 | imagefolder:PATH
     ood_datasets: tuple[str, ...] = ("synthetic-digits", "synthetic-near", "synthetic-textures")
     val_ood_dataset: str = "synthetic-near-val"  # held-out OOD set for choosing hyper-parameters
-    num_classes: int = 100                   # synthetic only: number of ID classes
+    num_classes: int = 32                    # synthetic only: number of ID classes (K - 1 <= D = 8 * width)
     per_class: int = 40                      # synthetic only: training images per class
     train_subset: int = 0                    # 0 = whole training set, else a class-balanced subset
     val_fraction: float = 0.1                # seeded validation split of the training set
@@ -87,7 +87,7 @@ class Config:
         return dataclasses.asdict(self)
 
 
-_SMOKE = dict(profile="smoke")
+_SMOKE = dict(profile="smoke", batch_size=64)       # 18 steps an epoch on the 1152 training images
 # CIFAR-100 against OpenOOD v1.5's near (CIFAR-10, Tiny ImageNet) and the far sets available offline.
 _CPU = dict(profile="cpu", id_dataset="cifar100", width=16, epochs=30, train_subset=0, batch_size=128, lr=0.05,
             augment=False, checkpoint_every=5,

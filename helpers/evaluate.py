@@ -134,6 +134,7 @@ class ModelRun:
     n_boot: int = 200
     batch_size: int = 256
     subset: int = 0
+    train_subset: int = 0
     data_root: str = ""
     device: str = "auto"
 
@@ -143,7 +144,8 @@ def model_config(run: ModelRun, checkpoint_config: dict[str, Any] | None) -> Con
     ``--seed`` and ``--subset`` override it), else the smoke profile's with the ID set ``--id``."""
     given = {k: v for k, v in dict(id_dataset=run.id, val_ood_dataset=run.val_ood, seed=run.seed).items()
              if v is not None}
-    given |= {"ood_subset": run.subset, "train_subset": run.subset} if run.subset else {}
+    given |= {"ood_subset": run.subset} if run.subset else {}
+    given |= {"train_subset": run.train_subset} if run.train_subset else {}
     if checkpoint_config is not None:
         fields = {k: v for k, v in checkpoint_config.items() if k != "profile"}
         return make_config(checkpoint_config["profile"], **{**fields, **given, "artifacts": "",
@@ -298,18 +300,20 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--std", type=float, nargs=3, help="normalisation std (default: the ID training set's)")
     m.add_argument("--feature-layer", help="the linear head (its input is h) or the layer right before it")
     m.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
-    m.add_argument("--subset", type=int, default=0, help="at most N images per OOD set and N ID training images")
+    m.add_argument("--subset", type=int, default=0, help="at most N images per OOD set (default: all)")
+    m.add_argument("--train-subset", type=int, default=0, help="a class-balanced subset of N ID training images")
     m.add_argument("--out", type=Path, default=Path("own-model-report"), help="folder of report.json/.html")
     return p
 
 
 def _run_model(args: argparse.Namespace) -> None:
     groups = {"near": tuple(args.near), "far": tuple(args.far)} if args.near or args.far else None
-    if args.image_size < 1 or args.batch_size < 1 or args.subset < 0:
-        raise ValueError("--image-size and --batch-size must be positive and --subset >= 0.")
+    if args.image_size < 1 or args.batch_size < 1 or min(args.subset, args.train_subset) < 0:
+        raise ValueError("--image-size and --batch-size must be positive, --subset and --train-subset >= 0.")
     run = ModelRun(args.model, args.id, tuple(args.ood), groups, args.val_ood, args.weights, args.feature_layer,
                    args.image_size, args.mean and tuple(args.mean), args.std and tuple(args.std), args.seed,
-                   args.n_boot, args.batch_size, args.subset, args.data_root, args.device or "auto")
+                   args.n_boot, args.batch_size, args.subset, args.train_subset, args.data_root,
+                   args.device or "auto")
     report, det, grams = evaluate_model(run)
     print("\n".join(summary_lines(report, det.results)))
     for path in write_report(args.out, report, det, grams):

@@ -10,8 +10,11 @@ Metric names are the constants below (``AUROC``, ``FPR95``, ...); ``METRICS`` li
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
@@ -29,6 +32,10 @@ TPR_LEVEL = 0.95
 N_BOOT = 1000               # default number of bootstrap replicates
 _TOL = 1e-12                # TPR >= 0.95 is tested as TPR >= 0.95 - _TOL, against rounding in k / n
 _BLOCK_ELEMENTS = 2**18     # bootstrap draws per block (b x (N_id + N_ood)); small blocks stay in cache
+_WORKERS = 2                # threads evaluating blocks of bootstrap replicates (the numbers do not depend on it)
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 
 
 def low_key(name: str) -> str:
@@ -110,7 +117,7 @@ def ood_metrics(id_scores: np.ndarray | torch.Tensor, ood_scores: np.ndarray | t
 
 
 @dataclass(frozen=True)
-class _Sorted:
+class SortedScores:
     """Both samples sorted once: distinct values v (ID) and w (OOD), each sample's index into them, and
     where each set's distinct values fall in the other's (``np.searchsorted``)."""
 
@@ -124,7 +131,7 @@ class _Sorted:
     tie_w: np.ndarray       # the matching indices of w
 
     @classmethod
-    def of(cls, s_id: np.ndarray, s_ood: np.ndarray) -> _Sorted:
+    def of(cls, s_id: np.ndarray, s_ood: np.ndarray) -> SortedScores:
         v, g_id = np.unique(s_id, return_inverse=True)
         w, g_ood = np.unique(s_ood, return_inverse=True)
         w_le_v, w_lt_v = np.searchsorted(w, v, "right"), np.searchsorted(w, v, "left")
@@ -166,7 +173,7 @@ def _precision_sum(weights: np.ndarray, tp: np.ndarray, fp: np.ndarray) -> np.nd
     return _row_dot(weights, np.divide(tp, den, out=den))
 
 
-def metrics_from_counts(a: np.ndarray, c: np.ndarray, p: _Sorted) -> dict[str, np.ndarray]:
+def metrics_from_counts(a: np.ndarray, c: np.ndarray, p: SortedScores) -> dict[str, np.ndarray]:
     """All five metrics per row from counts a (b, n_v) of the ID values v and c (b, n_w) of the OOD values w.
 
     With A_u = #ID <= v_u, C(x) = #OOD <= x and C^-(x) = #OOD < x (row totals n, m):
@@ -214,23 +221,40 @@ def _check_bootstrap(n_boot: int, level: float) -> None:
         raise ValueError(f"level must lie in (0, 1); got {level!r}.")
 
 
+def _map_in_order(fn: Callable[[_T], _R], items: Iterable[_T], workers: int) -> Iterator[_R]:
+    """``map(fn, items)`` on ``workers`` threads, results in input order, at most 2 * workers items pending.
+
+    numpy releases the GIL in its array loops, so blocks of replicates run in parallel; ``items`` is consumed
+    in order by the calling thread (the draws stay sequential), so the results do not depend on ``workers``.
+    """
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: deque = deque()
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) > 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
 def bootstrap_replicates(id_scores: np.ndarray | torch.Tensor, ood_scores: np.ndarray | torch.Tensor,
                          n_boot: int = N_BOOT, seed: int = 0) -> dict[str, np.ndarray]:
     """Every metric of ``ood_metrics`` on ``n_boot`` bootstrap replicates: {name: (n_boot,)}.
 
-    Sorts each sample once (``_Sorted``); each replicate is then a pair of count vectors over the distinct
+    Sorts each sample once (``SortedScores``); each replicate is then a pair of count vectors over the distinct
     ID and OOD values (``_counts``), and ``metrics_from_counts`` evaluates all replicates of a block at
-    once. Draws come from ``resample_indices(n_id, n_ood, n_boot, seed)``.
+    once from integer cumulative sums. Draws come from ``resample_indices(n_id, n_ood, n_boot, seed)``;
+    blocks are evaluated on ``_WORKERS`` threads, with the same numbers as one thread.
     """
     s_id, s_ood = _as_scores(id_scores, "id_scores"), _as_scores(ood_scores, "ood_scores")
     _check_bootstrap(n_boot, 0.5)
-    p = _Sorted.of(s_id, s_ood)
-    parts: dict[str, list[np.ndarray]] = {name: [] for name in METRICS}
-    for idx_id, idx_ood in resample_indices(s_id.size, s_ood.size, n_boot, seed):
-        values = metrics_from_counts(_counts(p.g_id, idx_id, p.n_v), _counts(p.g_ood, idx_ood, p.n_w), p)
-        for name in METRICS:
-            parts[name].append(values[name])
-    return {name: np.concatenate(parts[name]) for name in METRICS}
+    p = SortedScores.of(s_id, s_ood)
+
+    def block(idx: tuple[np.ndarray, np.ndarray]) -> dict[str, np.ndarray]:
+        return metrics_from_counts(_counts(p.g_id, idx[0], p.n_v), _counts(p.g_ood, idx[1], p.n_w), p)
+
+    parts = list(_map_in_order(block, resample_indices(s_id.size, s_ood.size, n_boot, seed), _WORKERS))
+    return {name: np.concatenate([values[name] for values in parts]) for name in METRICS}
 
 
 def percentile_interval(replicates: np.ndarray, level: float = 0.95) -> tuple[float, float]:

@@ -142,10 +142,13 @@ def _is_linear(m: nn.Module) -> bool:
 
 
 def _module(model: nn.Module, name: str) -> nn.Module | None:
-    try:
-        return model.get_submodule(name)
-    except AttributeError:
-        return None
+    """The submodule at dotted ``name`` (``classifier.1``), eager or scripted (which has no ``get_submodule``)."""
+    m: Any = model
+    for part in name.split("."):
+        m = getattr(m, part, None)
+        if not isinstance(m, nn.Module):
+            return None
+    return m
 
 
 def linear_layers(model: nn.Module) -> list[str]:
@@ -194,7 +197,7 @@ def resolve_head(model: nn.Module, feature_layer: str | None = None) -> Head:
         head = feature_layer
     else:
         head = find_head(model)
-    lin = model.get_submodule(head)
+    lin = _module(model, head)
     b = lin.bias if lin.bias is not None else torch.zeros(lin.weight.shape[0])
     return Head(head, feature_layer or head, lin.weight.detach().float().cpu(), b.detach().float().cpu())
 
@@ -212,8 +215,8 @@ def _hooks(model: nn.Module, head: Head, store: dict[str, Any]):
     def on_head(_m: nn.Module, _args: tuple, out: Tensor) -> None:
         store["z"] = out.float()
 
-    handles = [model.get_submodule(head.feature).register_forward_hook(on_feature),
-               model.get_submodule(head.head).register_forward_hook(on_head)]
+    handles = [_module(model, head.feature).register_forward_hook(on_feature),
+               _module(model, head.head).register_forward_hook(on_head)]
     try:
         yield
     finally:
@@ -229,7 +232,7 @@ def _scripted(model: nn.Module, head: Head, store: dict[str, Any]):
     if head.feature != head.head:
         raise ModelError("a TorchScript model's features are read at its linear head; pass --feature-layer with the "
                          "head's name (or none).")
-    lin = model.get_submodule(head.head)
+    lin = _module(model, head.head)
     W, b = lin.weight, lin.bias
     eye = torch.eye(W.shape[1], dtype=W.dtype, device=W.device)              # (D, D)
     zeros = torch.zeros(W.shape[1], dtype=W.dtype, device=W.device)          # (D,)
@@ -326,6 +329,6 @@ def check_memory(n: int, D: int, K: int, available: int | None = None) -> int:
     if need > free // 2:
         fits = max(1, free // 2 // (4 * (D + K)))
         raise ModelError(f"the features of {n:,} images (D={D}, K={K}) need {need / 1e9:.1f} GB, more than half of "
-                         f"the {free / 1e9:.1f} GB free; pass --subset N (about {fits:,} images in all fit) and a "
-                         "smaller --batch-size, or fewer --ood sets.")
+                         f"the {free / 1e9:.1f} GB free; pass --subset N (OOD images per set) and --train-subset N "
+                         f"(about {fits:,} images in all fit), a smaller --batch-size, or fewer --ood sets.")
     return need

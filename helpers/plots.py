@@ -24,6 +24,8 @@ LABELS: dict[str, str] = {
     "nc5": "NC5 (uncentred)", "nc5_centred": "NC5 (centred)", "auroc": "AUROC (%)", "fpr95": "FPR95 (%)",
     "nc1_per_direction": "NC1 per direction", "ncc_train": "nearest-mean accuracy (train)",
     "ncc_test": "nearest-mean accuracy (test)", "channels": "channels", "low_rank": "fewer than K−1 channels",
+    "nc5_rho": "Spearman ρ, NC5 (uncentred)", "nc5_p": "p-value, NC5 (uncentred)",
+    "nc5_centred_rho": "Spearman ρ, NC5 (centred)", "nc5_centred_p": "p-value, NC5 (centred)", "n": "checkpoints",
 }
 """Readable names of table keys; a ``*`` marks the optional scores beyond the assignment's six."""
 

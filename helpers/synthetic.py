@@ -8,13 +8,16 @@ classes; ``make_ood`` draws the OOD sets that mirror the real ones:
 * ``"textures"``: clouds, checkerboards, stripes, dots and cracked cells (Textures/DTD stand-in).
 
 A class c is a prototype built from discrete factors, a shape (c mod 5: ellipse, polygon, flower, ring, blobs),
-a fill pattern (c // 5 mod 4: solid, stripes, checker, concentric rings) and a background (c // 20 mod 3: flat,
-gradient, faint grating), plus seeded factors: four colours from a shared 12-colour palette, size, aspect,
-orientation, position, number of sides or petals and pattern frequency. Each image applies nuisance to its
-prototype: rotation (+-20 degrees), scale (0.8-1.2), shift (+-9 px), mirroring, colour shifts of background and
-foreground, a clutter disc, contrast, brightness, channel gains, an occluding patch and Gaussian noise. Classes
-share every factor with other classes, so neither the mean colour nor any single factor separates them, and the
-within-class spread leaves neural collapse something to collapse.
+a fill pattern (c mod 4: solid, stripes, checker, concentric rings) and a background (c mod 3: flat, gradient,
+faint grating), plus seeded factors: four colours from a shared 12-colour palette, size, aspect,
+orientation, position, number of sides or petals and pattern frequency. By the Chinese remainder theorem the
+60 classes 0..59 have 60 different (shape, fill, background) triples, and any 5 consecutive ids already show
+every value of every factor, so a small ID set (the smoke profile's K = 20) still varies in all three; the
+near-OOD ids 1000..1009 repeat the triples of 40..49, new combinations of known factors for K <= 40.
+Each image applies nuisance to its prototype: rotation (+-20 degrees), scale (0.8-1.2), shift (+-9 px),
+mirroring, colour shifts of background and foreground, a clutter disc, contrast, brightness, channel gains, an
+occluding patch and Gaussian noise. Classes share every factor with other classes, so neither the mean colour
+nor any single factor separates them, and the within-class spread leaves neural collapse something to collapse.
 
 Randomness: every generator is ``np.random.default_rng([seed, stream, class_id, part])`` with a fixed-length
 key (SeedSequence maps ``[a, b]`` and ``[a, b, 0]`` to the same state). A class's prototype depends on
@@ -139,13 +142,13 @@ def _to_uint8(img: np.ndarray) -> np.ndarray:
 def _prototype(class_id: int, seed: int) -> dict:
     """Factors of class ``class_id``: shape, fill and background from the id, colours and geometry seeded.
 
-    The discrete factors repeat every 60 ids, so every ID class shares them with other classes, and the
-    near-OOD classes 1000+ are new draws of the same factors.
+    The discrete factors are (c mod 5, c mod 4, c mod 3), distinct for the 60 ids 0..59; every ID class shares
+    each factor with other classes, and the near-OOD classes 1000+ are new draws of the same factors.
     """
     r = _rng(seed, _PROTO, class_id, 0)
     colours = _PALETTE[r.choice(len(_PALETTE), 4, replace=False)] + r.uniform(-0.07, 0.07, (4, 3))
     return dict(
-        shape=class_id % 5, fill=(class_id // 5) % 4, background=(class_id // 20) % 3,
+        shape=class_id % 5, fill=class_id % 4, background=class_id % 3,
         colours=np.clip(colours, 0, 1).astype(np.float32),        # bg, fg, accent, bg2: (4, 3)
         radius=r.uniform(0.45, 0.7), aspect=r.uniform(0.45, 0.85), angle=r.uniform(0, np.pi),
         centre=r.uniform(-0.12, 0.12, 2).tolist(), sides=int(r.integers(3, 7)), amp=r.uniform(0.25, 0.45),

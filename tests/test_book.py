@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -24,10 +25,30 @@ from helpers.config import REPO_ROOT
 from helpers.run import NOTEBOOKS
 
 from .browser import chromium, render
+from .test_notebook_files import plotting_cells
 
 HTML = REPO_ROOT / "_build" / "smoke" / "book" / "_build" / "html"
 EXECUTED = REPO_ROOT / "_build" / "smoke" / "executed"
 MATHS_PAGES = ("book/metrics", "book/scores", "book/collapse")
+
+
+def test_toc_has_the_instructors_pages_and_every_doc_reference_resolves() -> None:
+    pages = {p.removesuffix(".html") for p in toc_pages()}
+    assert {"book/assignment", "book/glossary", "book/summary"} <= pages
+    for page in pages - {"book/results"}:
+        path = REPO_ROOT / (page + (".ipynb" if page.startswith("notebooks/") else ".md"))
+        assert path.exists(), f"{page} is in _toc.yml but has no file"
+    for md in (REPO_ROOT / "book").glob("*.md"):
+        for target in re.findall(r"\{doc\}`(?:[^<`]*<)?([^>`]+)>?`", md.read_text()):
+            resolved = (md.parent / target).resolve() if not target.startswith("/") else REPO_ROOT / target[1:]
+            assert any(resolved.with_suffix(s).exists() for s in (".md", ".ipynb")), f"{md.name}: {{doc}}`{target}`"
+
+
+def test_the_book_hides_plumbing_cells_and_fits_wide_tables() -> None:
+    css = (REPO_ROOT / "book" / "_static" / "plumbing.css").read_text()
+    assert ".tag_injected-parameters" in css and "overflow-x" in css
+    config = yaml.safe_load((REPO_ROOT / "_config.yml").read_text())["sphinx"]["config"]
+    assert "plumbing.css" in config["html_css_files"] and "book/_static" in config["html_static_path"]
 
 
 def toc_pages() -> list[str]:
@@ -68,7 +89,9 @@ def test_book_pages_render_in_chromium(built_book: Path, tmp_path: Path) -> None
         if r.path.removesuffix(".html") in MATHS_PAGES:
             assert r.maths > 10, f"{r.path}: only {r.maths} typeset equations"
         if r.path.startswith("notebooks/"):
-            assert r.images > 0, f"{r.path}: the executed notebook shows no figure"
+            name = r.path.removeprefix("notebooks/").removesuffix(".html")
+            expected = plotting_cells(name)
+            assert r.images >= expected, f"{r.path}: {r.images} figures shown, {expected} plotting cells"
 
 
 @pytest.mark.slow

@@ -16,11 +16,28 @@ def test_profiles_have_their_documented_fields() -> None:
     assert (smoke.profile, smoke.id_dataset) == ("smoke", "synthetic")
     assert all(name.startswith("synthetic-") for name in smoke.ood_datasets)
     cpu = config.make_config("cpu")
-    assert (cpu.profile, cpu.id_dataset, cpu.width) == ("cpu", "cifar10", 16)
+    assert (cpu.profile, cpu.id_dataset, cpu.width) == ("cpu", "cifar100", 16)
     full = config.make_config("full")
     assert (full.profile, full.id_dataset, full.width, full.epochs) == ("full", "cifar100", 64, 200)
     assert (full.lr, full.momentum, full.nesterov, full.weight_decay, full.augment) == (0.1, 0.9, True, 5e-4, True)
     assert full.val_ood_dataset not in full.ood_datasets          # choosing on a test OOD set is not allowed
+
+
+def test_smoke_penultimate_layer_admits_a_simplex_etf() -> None:
+    """K class means span at most K - 1 dimensions; the simplex ETF needs D >= K - 1 (issue 14, point 2)."""
+    from helpers.model import ResNet18
+
+    smoke = config.make_config("smoke")
+    D = ResNet18(smoke.num_classes, smoke.width).feature_dim
+    assert D >= smoke.num_classes - 1
+    assert smoke.num_classes >= 10                                   # still a many-class problem, not a toy
+
+
+def test_smoke_training_stays_small() -> None:
+    """The smoke book builds in about 90 s on 2 cores: bound its training work (images x epochs)."""
+    smoke = config.make_config("smoke")
+    assert smoke.num_classes * smoke.per_class * smoke.epochs <= 30_000
+    assert smoke.num_classes * smoke.per_class * (1 - smoke.val_fraction) >= 4 * smoke.batch_size   # >= 4 steps
 
 
 def test_auto_is_smoke_without_cuda_and_full_with_it(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -102,7 +119,7 @@ def test_from_notebook_resolves_auto(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize("name, value", [
     ("epochs", 11), ("lr", 0.05), ("seed", 1), ("width", 16), ("augment", True), ("weight_decay", 0.0),
-    ("num_classes", 10), ("per_class", 5), ("id_dataset", "cifar10"), ("batch_size", 64), ("nesterov", False),
+    ("num_classes", 10), ("per_class", 5), ("id_dataset", "cifar10"), ("batch_size", 32), ("nesterov", False),
 ])
 def test_key_changes_with_training_fields(name: str, value: object) -> None:
     base = config.make_config("smoke")

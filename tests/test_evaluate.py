@@ -117,3 +117,29 @@ def test_unknown_option_is_refused_by_argparse(capsys):
     assert "--snapshot" in capsys.readouterr().err
 
 
+
+
+def test_model_route_on_a_checkpoint_matches_notebook_02(snapshot, tmp_path, capsys):
+    """``--model helpers:PATH`` (hooks on the head, any classifier's route) gives notebook 02's detection numbers
+    and notebook 03's NC metrics for the same checkpoint, data and seed."""
+    from helpers import collapse
+
+    cfg, _, pets = snapshot
+    names = ["synthetic-digits", f"imagefolder:{pets}"]
+    last = max(train.ckpt.list_checkpoints(train.checkpoint_dir(cfg)).items())[1]
+    args = ["--model", f"helpers:{last}", "--ood", names[0], "--ood", names[1], "--n-boot", "20",
+            "--data-root", cfg.data_root, "--out", str(tmp_path / "r"), "--device", "cpu"]
+    assert evaluate.main(args) == 0
+    assert capsys.readouterr().out.startswith(f"helpers:{last}: head fc (K=6, D=32), ID synthetic")
+    got = json.loads((tmp_path / "r" / "report.json").read_text())
+    splits = data.id_splits(cfg)                                          # notebook 02's route
+    sets = sweep.detection_sets(cfg, splits, data.ood_sets(cfg, tuple(names)))
+    feats = features.at_checkpoint(cfg, last, splits, sets, DEVICE)
+    W, b = sweep.classifier(last)
+    det = protocol.detect(feats, W, b, names, cfg.val_ood_dataset, n_boot=20, seed=cfg.seed)
+    assert got["ood"] == clean_json(protocol.by_set(det.results))
+    nc = collapse.nc_metrics(feats["train"].features, feats["train"].labels, W, feats["train"].logits)
+    assert {k: got["collapse"][k] for k in nc} == clean_json(nc)
+    assert got["nc5"]["synthetic-digits"]["nc5"] == round(
+        collapse.nc5(feats["train"].features, feats["train"].labels, feats["synthetic-digits"].features), 6)
+    assert got["mean"] == pytest.approx(splits.mean.tolist()) and got["sizes"]["test"] == len(splits.test)

@@ -118,6 +118,59 @@ def test_bootstrap_equals_loop(seed: int, ties: bool, block: int, monkeypatch: p
         assert intervals[k] == pytest.approx(tuple(np.quantile(loop[k], [0.05, 0.95])), abs=1e-12)
 
 
+@pytest.mark.parametrize("s_id, s_ood", [
+    (np.full(7, 2.0), np.full(5, 2.0)),                              # all scores equal: one tie group
+    (np.array([0.3]), np.array([0.1, 0.3, 0.9, 0.3])),               # n = 1
+    (np.array([0.2, 0.5, 0.5, 1.0]), np.array([0.5])),               # m = 1
+    (np.array([1.0]), np.array([1.0])),                              # n = m = 1, tied
+])
+def test_bootstrap_edge_cases_equal_loop(s_id: np.ndarray, s_ood: np.ndarray) -> None:
+    fast = metrics.bootstrap_replicates(s_id, s_ood, n_boot=30, seed=5)
+    loop = _loop_replicates(s_id, s_ood, 30, 5)
+    for k in metrics.METRICS:
+        np.testing.assert_allclose(fast[k], loop[k], rtol=0, atol=1e-12, err_msg=k)
+
+
+def test_bootstrap_tie_heavy_integer_scores(monkeypatch: pytest.MonkeyPatch) -> None:
+    # integer scores in 0..5: every distinct value is shared by many ID and OOD points
+    rng = np.random.default_rng(11)
+    s_id, s_ood = rng.integers(1, 6, 300).astype(float), rng.integers(0, 4, 200).astype(float)
+    monkeypatch.setattr(metrics, "_BLOCK_ELEMENTS", 3000)
+    fast = metrics.bootstrap_replicates(s_id, s_ood, n_boot=25, seed=2)
+    loop = _loop_replicates(s_id, s_ood, 25, 2)
+    for k in metrics.METRICS:
+        np.testing.assert_allclose(fast[k], loop[k], rtol=0, atol=1e-12, err_msg=k)
+    assert np.ptp(fast["auroc"]) > 0                                 # the replicates really differ
+
+
+def test_counts_of_the_sample_itself_give_sklearn() -> None:
+    # one replicate that draws every point once is the sample: AUROC and AP as scikit-learn computes them
+    from sklearn.metrics import average_precision_score, roc_auc_score
+    rng = np.random.default_rng(12)
+    s_id, s_ood = np.round(rng.normal(1, 1, 400), 1), np.round(rng.normal(0, 1, 300), 1)   # many ties
+    p = metrics._Sorted.of(s_id, s_ood)
+    a = metrics._counts(p.g_id, np.arange(s_id.size)[None], p.n_v)
+    c = metrics._counts(p.g_ood, np.arange(s_ood.size)[None], p.n_w)
+    out = metrics.metrics_from_counts(a, c, p)
+    y = np.r_[np.ones(s_id.size), np.zeros(s_ood.size)]
+    s = np.r_[s_id, s_ood]
+    assert out["auroc"][0] == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+    assert out["aupr_in"][0] == pytest.approx(average_precision_score(y, s), abs=1e-12)
+    assert out["aupr_out"][0] == pytest.approx(average_precision_score(1 - y, -s), abs=1e-12)
+
+
+def test_bootstrap_does_not_depend_on_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(13)
+    s_id, s_ood = rng.normal(1, 1, 500), rng.normal(0, 1, 400)
+    monkeypatch.setattr(metrics, "_BLOCK_ELEMENTS", 2000)            # about 20 blocks
+    runs = []
+    for workers in (1, 2, 3):
+        monkeypatch.setattr(metrics, "_WORKERS", workers)
+        runs.append(metrics.bootstrap_replicates(s_id, s_ood, n_boot=45, seed=4))
+    for k in metrics.METRICS:
+        assert np.array_equal(runs[0][k], runs[1][k]) and np.array_equal(runs[0][k], runs[2][k]), k
+
+
 def test_bootstrap_is_seeded_and_contains_estimate() -> None:
     assert inspect.signature(metrics.bootstrap).parameters["n_boot"].default >= 1000
     assert inspect.signature(metrics.summary).parameters["n_boot"].default >= 1000

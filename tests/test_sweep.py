@@ -52,11 +52,11 @@ def test_collapse_rows_match_direct_computation(run):
 def test_heldout_nc4_known_answer():
     """Test samples sit on the training means; the logits disagree with the nearest mean on 1 of 4.
 
-    ``sweep.collapse_at`` measures the held-out NC4 with ``collapse._predictions`` and the training means."""
+    ``sweep.collapse_at`` measures the held-out NC4 with ``collapse.heldout_predictions`` and the training means."""
     means = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]], dtype=torch.float64)   # (K=3, D=2)
     h = means[[0, 1, 2, 2]]                                                               # (4, 2)
     logits = torch.eye(3, dtype=torch.float64)[[0, 1, 2, 1]]                              # last sample -> class 1
-    out = collapse._predictions(h, torch.tensor([0, 1, 2, 2]), means, logits)
+    out = collapse.heldout_predictions(h, torch.tensor([0, 1, 2, 2]), means, logits)
     assert out == {"accuracy": 0.75, "ncc_accuracy": 1.0, "nc4": 0.25}
 
 

@@ -91,3 +91,38 @@ def test_bad_arguments_raise_value_error():
         synthetic.make_ood("digits", n=0)
     with pytest.raises(ValueError, match="seed"):
         synthetic.make_id("train", seed=-1)
+
+
+def _factors(class_id: int) -> tuple[int, int, int]:
+    p = synthetic._prototype(class_id, 0)
+    return p["shape"], p["fill"], p["background"]
+
+
+def test_few_classes_show_every_factor_and_sixty_classes_every_combination():
+    triples = [_factors(c) for c in range(60)]
+    assert len(set(triples)) == 60                                  # (c mod 5, c mod 4, c mod 3) by the CRT
+    for start in (0, 7, 33):                                        # any 5 consecutive classes show every value
+        shapes, fills, backgrounds = zip(*triples[start:start + 5], strict=True)
+        assert (set(shapes), set(fills), set(backgrounds)) == (set(range(5)), set(range(4)), set(range(3)))
+
+
+def test_near_ood_classes_are_new_combinations_for_the_smoke_classes():
+    from helpers.config import make_config
+
+    K = make_config("smoke").num_classes
+    seen = {_factors(c) for c in range(K)}
+    near = [_factors(synthetic.NEAR_FIRST_CLASS + k) for k in range(synthetic.NEAR_CLASSES)]
+    assert not seen & set(near)                                     # no held-out class repeats an ID triple
+    for i in range(3):                                              # ... yet every factor value is a known one
+        assert {t[i] for t in near} <= {t[i] for t in seen}
+
+
+def test_classes_are_learnable_but_not_trivial_from_pixels():
+    K = 20
+    xtr, ytr = synthetic.make_id("train", num_classes=K, per_class=20)
+    xte, yte = synthetic.make_id("test", num_classes=K, per_class=8)
+    a, b = (x.astype(np.float64).reshape(len(x), 8, 4, 8, 4, 3).mean((2, 4)).reshape(len(x), -1)   # (N, 192)
+            for x in (xtr, xte))                                     # 8x8 RGB thumbnails
+    means = np.stack([a[ytr == c].mean(0) for c in range(K)])       # (K, 192)
+    acc = (((b[:, None] - means[None]) ** 2).sum(-1).argmin(1) == yte).mean()
+    assert 3 / K < acc < 0.9                                         # far above chance, far from solved by pixels
