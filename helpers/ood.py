@@ -15,8 +15,8 @@ still have ``fit``, so every score is used the same way. ``SCORES`` maps names t
 Notation (book, chapter "OOD scores"): ``h`` features (N, D), ``z`` logits (N, K), last layer
 ``W`` (K, D) and ``b`` (K,), class means ``mu_c`` (K, D), within-class covariance ``Sigma_W`` (D, D).
 Inputs may be numpy arrays or torch tensors; computations run on the CPU in float64, except the large
-matrix products of ViM, KNN and NECO's fit, which run in ``compute_dtype`` (float32 by default;
-eigendecompositions and pseudo-inverses stay in float64). ``benchmarks/bench_scores.py`` and
+matrix products of scoring in ViM and KNN, which run in ``compute_dtype`` (float32 by default; second
+moments, eigendecompositions and pseudo-inverses of every fit stay in float64). ``benchmarks/bench_scores.py`` and
 ``tests/test_ood.py`` check that every float32 choice leaves the AUROC within 1e-6 of float64; set
 ``score.compute_dtype = torch.float64`` on an instance to reproduce the all-float64 numbers.
 """
@@ -73,10 +73,18 @@ def _param_names(cls: type) -> list[str]:
     return [n for n, p in inspect.signature(cls.__init__).parameters.items() if n != "self" and p.kind in kinds]
 
 
-def _gram(x: Tensor, dtype: torch.dtype) -> Tensor:
-    """Second moment (1/N) x^T x, (D, D) float64, with the product computed in ``dtype``."""
-    xd = x.to(dtype)
-    return (xd.T @ xd).to(torch.float64) / x.shape[0]
+def _second_moment(x: Tensor) -> Tensor:
+    """Second moment (1/N) x^T x = C + m m^T, (D, D) float64, m the mean and C the covariance about it.
+
+    Always float64: it feeds an eigendecomposition whose small eigenvalues set ViM's residual space and
+    NECO's cut, and a float32 product rounds at ~1e-7 of the largest eigenvalue, enough to rotate that space
+    when the tail's gaps are smaller (a small network far from ViM's origin). One product per fit, so the
+    cost is a second or so at 50,000 x 512 on a CPU. Centring first keeps the rounding at the spread's scale.
+    """
+    x = x.to(torch.float64)
+    m = x.mean(dim=0)                                                    # (D,)
+    c = x - m                                                            # (N, D) centred
+    return c.T @ c / x.shape[0] + torch.outer(m, m)
 
 
 def energy(z: Tensor, temperature: float = 1.0) -> Tensor:
@@ -254,7 +262,7 @@ class ViM(OODScore):
     (eq. eq-vim-alpha); score in eq. eq-vim. Derived in the book, chapter "OOD scores".
     pytorch-ood's ``ViM`` returns minus this score.
 
-    The second moment is accumulated in ``compute_dtype`` (float32) and eigendecomposed in float64; the
+    The second moment and its eigendecomposition are float64 (``_second_moment``); the
     residual products run in ``compute_dtype``.
 
     Args:
@@ -274,7 +282,7 @@ class ViM(OODScore):
             raise ValueError(f"dim must be below the feature size: got dim={d} for D={D} features.")
         self.origin_ = -torch.linalg.pinv(W) @ b                          # (D,)
         x = h - self.origin_                                             # (N, D)
-        _, V = torch.linalg.eigh(_gram(x, self.compute_dtype))          # ascending eigenvalues
+        _, V = torch.linalg.eigh(_second_moment(x))          # ascending eigenvalues
         self.null_space_ = V[:, : D - d]                                 # (D, D - d), I - P P^T = NS NS^T
         residual = self._residual(h)                                     # (N,)
         if residual.mean() <= 0:
@@ -313,8 +321,8 @@ class NECO(OODScore):
     for non-ResNet backbones, and section 4.1 motivates the max-logit calibration by vision transformers.
     ``NECOMaxLogit`` (registry name "neco_maxlogit") is the max-logit variant of eq. eq-neco-maxlogit.
     ``standardize=False`` only centres at mu_G, the geometry in which neural collapse is defined; the ratio
-    stays in [0, 1] either way. A feature equal to mu_G scores 0. The second moment is accumulated in
-    ``compute_dtype`` (float32) and eigendecomposed in float64; the projections of ``score`` run in float64
+    stays in [0, 1] either way. A feature equal to mu_G scores 0. The second moment and its
+    eigendecomposition are float64; the projections of ``score`` run in float64
     (cheap, and equal to ``helpers.protocol.neco_all_dims``).
 
     Args:
@@ -343,7 +351,7 @@ class NECO(OODScore):
         self.mean_ = h.mean(dim=0)                                       # (D,) mu_G
         std = h.std(dim=0, unbiased=False)
         self.scale_ = torch.where(std > 0, std, 1.0) if self.standardize else torch.ones(D, dtype=h.dtype)
-        lam, V = torch.linalg.eigh(_gram((h - self.mean_) / self.scale_, self.compute_dtype))  # ascending
+        lam, V = torch.linalg.eigh(_second_moment((h - self.mean_) / self.scale_))  # ascending
         lam, V = lam.flip(0).clamp_min(0), V.flip(1)                     # descending
         if lam.sum() <= 0:
             raise ValueError("training features have zero variance; NECO needs spread in the features.")

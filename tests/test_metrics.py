@@ -148,7 +148,7 @@ def test_counts_of_the_sample_itself_give_sklearn() -> None:
     from sklearn.metrics import average_precision_score, roc_auc_score
     rng = np.random.default_rng(12)
     s_id, s_ood = np.round(rng.normal(1, 1, 400), 1), np.round(rng.normal(0, 1, 300), 1)   # many ties
-    p = metrics._Sorted.of(s_id, s_ood)
+    p = metrics.SortedScores.of(s_id, s_ood)
     a = metrics._counts(p.g_id, np.arange(s_id.size)[None], p.n_v)
     c = metrics._counts(p.g_ood, np.arange(s_ood.size)[None], p.n_w)
     out = metrics.metrics_from_counts(a, c, p)

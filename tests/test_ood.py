@@ -347,6 +347,22 @@ def test_float32_products_keep_auroc(name: str, options: dict, gauss: dict[str, 
                                exact.score(gauss["h_ood"], gauss["z_ood"]), rtol=1e-4, atol=1e-5)
 
 
+def test_float32_vim_keeps_the_small_subspace_far_from_the_origin() -> None:
+    """Features whose mean is far from ViM's origin (||m||^2 ~ 1e4) with a tail of eigenvalues ~1e-3 apart:
+    an uncentred float32 second moment rounds at ~1e-3 and rotates the residual space; centring first keeps
+    the float32 scores equal to float64 ones."""
+    g = torch.Generator().manual_seed(0)
+    D, N, K = 32, 400, 5
+    spread = torch.logspace(0, -3.5, D, dtype=torch.float64)             # eigenvalues 1 ... 3e-4
+    h = 100.0 + torch.randn(N, D, generator=g, dtype=torch.float64) * spread.sqrt()
+    W, b = torch.randn(K, D, generator=g, dtype=torch.float64), torch.zeros(K, dtype=torch.float64)
+    z = h @ W.T
+    q = 100.0 + torch.randn(200, D, generator=g, dtype=torch.float64) * spread.sqrt() * 2
+    fast = ood.ViM(dim=16).fit(h, z, torch.arange(N) % K, W, b)
+    exact = _f64(ood.ViM(dim=16)).fit(h, z, torch.arange(N) % K, W, b)
+    np.testing.assert_allclose(fast.residual(q), exact.residual(q), rtol=1e-4)
+
+
 def test_knn_kth_neighbour() -> None:
     angles = np.array([0.0, 0.1, 0.3, 0.6])                              # training points on the unit circle
     h = np.c_[np.cos(angles), np.sin(angles)] * np.array([[1.0], [2.0], [0.5], [3.0]])  # norms do not matter
