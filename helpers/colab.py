@@ -128,7 +128,7 @@ def drive_artifacts(content: Path) -> Path:
 def images_per_s(cfg: Config, device: torch.device) -> float:
     """Training throughput on ``device``: measured on CPUs, estimated on GPUs (:mod:`helpers.profiles_help`)."""
     if device.type == "cuda":
-        return gpu_images_per_s(cfg.width, device_name(device))
+        return gpu_images_per_s(cfg.width, device_name(device), cfg.batch_size)
     return cpu_images_per_s(cfg.width, torch.get_num_threads())
 
 

@@ -308,11 +308,11 @@ class ViM(OODScore):
 
 
 class NECO(OODScore):
-    """Neural-collapse OOD score ||P h~|| / ||h~||, optionally times max_k z_k (Ben Ammar et al., ICLR 2024).
+    """Neural-collapse OOD score ||P^T h~|| / ||h~||, optionally times max_k z_k (Ben Ammar et al., ICLR 2024).
 
     h~ = (h - mu_G) / s is the training-centred feature, divided by the per-feature training standard
-    deviation s when ``standardize`` (else s = 1); P (d, D) holds the top-d principal directions of the
-    training h~. Derived in the book, chapter "OOD scores" (eq. eq-neco; eq. eq-neco-maxlogit with the
+    deviation s when ``standardize`` (else s = 1); P (D, d) holds, as columns, the top-d principal
+    directions of the training h~. Derived in the book, chapter "OOD scores" (eq. eq-neco; eq. eq-neco-maxlogit with the
     max logit).
 
     Variants. The defaults (``standardize=True, maxlogit=False``) are the variant of the paper's ResNet-18
@@ -368,7 +368,7 @@ class NECO(OODScore):
 
 
 class NECOMaxLogit(NECO):
-    """NECO times the max logit, max_k z_k ||P h~|| / ||h~|| (eq. eq-neco-maxlogit; the paper's section 4.1).
+    """NECO times the max logit, max_k z_k ||P^T h~|| / ||h~|| (eq. eq-neco-maxlogit; the paper's section 4.1).
 
     ``NECO`` with ``maxlogit=True`` by default; registered as "neco_maxlogit", the labelled extra beside
     the paper's ResNet-18 variant "neco". A sensible ID score while the max logit is positive.

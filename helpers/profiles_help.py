@@ -6,7 +6,9 @@ images per second. CPU throughputs were measured with ``train_epoch`` on 2 cores
 bench_train; width 64 measured on the CIFAR-100 run): they scale with the threads and, between the measured
 widths, log-linearly. GPU throughputs are estimates, not measurements: the forward and backward pass of the full
 ResNet-18 counts 3.33 GFLOP per image, and a step reaches about 15 % of the GPU's dense bf16/fp16 peak
-(benchmarks/README.md, "H100 estimate"); narrower networks are launch-bound, at most 4x faster.
+(benchmarks/README.md, "GPU"); a narrower network is faster in proportion to its width (its activations,
+the memory-bound part), but a step cannot take less than the host's time to launch its kernels (about 2 ms
+eager, the same section), so at most ``batch / 2 ms`` images per second.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ GPU_PEAK_TFLOPS = {"H100": 989.0, "A100": 312.0, "L4": 121.0, "T4": 65.0}   # de
 GPU_FALLBACK = "T4"                                    # an unknown GPU is assumed as slow as a T4
 FLOP_PER_IMAGE = 3.33e9                                # forward + backward, width 64, 32x32 image
 GPU_EFFICIENCY = 0.15
+STEP_LAUNCH_S = 2e-3                                   # host time to launch an eager step's ~300 kernels
 TRAIN_SIZES = {"cifar100": 50_000, "cifar10": 50_000}  # training images of the real ID sets
 TEST_SIZES = {"cifar100": 10_000, "cifar10": 10_000}
 
@@ -32,11 +35,16 @@ def cpu_images_per_s(width: int, threads: int = 2) -> float:
     return CPU_IMAGES_PER_S[lo] * (width / lo) ** slope * max(threads, 1) / 2
 
 
-def gpu_images_per_s(width: int, gpu_name: str) -> float:
-    """Estimated training throughput of a GPU named ``gpu_name`` (e.g. "Tesla T4", "NVIDIA H100 80GB HBM3")."""
+def gpu_images_per_s(width: int, gpu_name: str, batch_size: int = 128) -> float:
+    """Estimated training throughput of a GPU named ``gpu_name`` (e.g. "Tesla T4", "NVIDIA H100 80GB HBM3").
+
+    min(peak * efficiency / FLOP per image * 64 / width, batch_size / STEP_LAUNCH_S): at full width the
+    rate of the README's estimate; a narrower network moves ``width / 64`` of the activations (the memory-bound
+    part, which sets the pace once the FLOPs shrink by (width / 64)^2), down to the host's launch floor.
+    """
     model = next((m for m in GPU_PEAK_TFLOPS if m in gpu_name.upper()), GPU_FALLBACK)
-    full = GPU_PEAK_TFLOPS[model] * 1e12 * GPU_EFFICIENCY / FLOP_PER_IMAGE
-    return full * min((64 / width) ** 2, 4.0)
+    compute = GPU_PEAK_TFLOPS[model] * 1e12 * GPU_EFFICIENCY / FLOP_PER_IMAGE * 64 / width
+    return min(compute, batch_size / STEP_LAUNCH_S)
 
 
 def epoch_images(cfg: Config) -> tuple[int, int] | None:
@@ -77,7 +85,7 @@ def profile_line(name: str) -> str:
     data = f"{cfg.id_dataset} vs {', '.join(cfg.ood_datasets)}"
     net = f"ResNet-18 width {cfg.width}, {cfg.epochs} epochs" + (", augmented" if cfg.augment else "")
     times = [format_duration(training_seconds(cfg, cpu_images_per_s(cfg.width)))]
-    times += [format_duration(training_seconds(cfg, gpu_images_per_s(cfg.width, gpu))) for gpu in ("T4", "H100")]
+    times += [format_duration(training_seconds(cfg, gpu_images_per_s(cfg.width, gpu, cfg.batch_size))) for gpu in ("T4", "H100")]
     return f"  {name:<6} {data}; {net}; training {times[0]} on 2 CPU cores, ~{times[1]} on a T4, ~{times[2]} on an H100"
 
 

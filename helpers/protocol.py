@@ -219,8 +219,8 @@ def sweep_dims(D: int, n: int = 24) -> list[int]:
 def neco_all_dims(neco: ood.NECO, features: ArrayLike, logits: ArrayLike, dims: list[int]) -> np.ndarray:
     """NECO scores for several d at once from one fitted ``NECO(dim=D)``: (N, len(dims)).
 
-    With h~ = (h - mu_G) / s and principal coordinates c = P h~ (all D components, descending variance),
-    ||P_d h~||^2 is the cumulative sum of c_j^2 over the first d coordinates, so every d costs one cumsum
+    With h~ = (h - mu_G) / s and principal coordinates c = V^T h~ (all D components, descending variance),
+    ||P_d^T h~||^2 is the cumulative sum of c_j^2 over the first d coordinates, so every d costs one cumsum
     (the book, chapter "OOD scores", eq. eq-neco and eq. eq-neco-maxlogit when ``neco.maxlogit``).
     """
     if not hasattr(neco, "components_") or neco.components_.shape[0] != neco.components_.shape[1]:

@@ -117,6 +117,9 @@ def test_training_time_estimates_follow_the_measured_figures() -> None:
     assert 24 < profiles_help.cpu_images_per_s(32) < 340
     assert profiles_help.gpu_images_per_s(64, "Tesla T4") == pytest.approx(65e12 * 0.15 / 3.33e9)
     assert profiles_help.gpu_images_per_s(64, "NVIDIA H100 80GB HBM3") > profiles_help.gpu_images_per_s(64, "A100")
+    launch_bound = 128 / profiles_help.STEP_LAUNCH_S                      # a narrow net waits for the host
+    assert profiles_help.gpu_images_per_s(16, "NVIDIA H100 80GB HBM3") == pytest.approx(launch_bound)
+    assert profiles_help.gpu_images_per_s(16, "H100", batch_size=64) == pytest.approx(launch_bound / 2)
     cfg = make_tiny(Path("/unused"))                       # 5 classes x 8 images: 36 train, 4 validation
     assert profiles_help.epoch_images(cfg) == (36, 4)
     assert profiles_help.training_seconds(cfg, 10.0) == pytest.approx(3 * (36 + 4 / 3) / 10)
