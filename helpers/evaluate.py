@@ -1,13 +1,14 @@
 """Evaluate a committed snapshot's network against any OOD set, without retraining.
 
-    python -m helpers.evaluate --snapshot results/cpu-cifar100 --ood NAME [--ood NAME ...] [--json PATH]
+    python -m helpers.evaluate --snapshot results/cpu-cifar100 [--ood NAME ...] [--json PATH]
                                [--seed S] [--n-boot N] [--data-root PATH] [--device cpu]
 
 NAME is any set name of :mod:`helpers.data` or ``imagefolder:PATH``. The network is rebuilt from the
 snapshot's ``weights-seed-<s>.pt`` (a float32 state dict, written by :func:`helpers.results.write_weights`)
 and the configuration in its ``run.json``; every score of ``helpers.ood.SCORES`` is then fitted on the ID
 training features and KNN's k chosen on held-out data by :func:`helpers.protocol.detect`, the same call as
-notebook 02. Prints AUROC and FPR95 (ID positive) with bootstrap intervals per set; ``--json`` writes
+notebook 02. Without ``--ood`` the snapshot's own OOD sets are used. Prints AUROC and FPR95 (ID positive) with
+bootstrap intervals per set and the near/far means (:func:`helpers.protocol.ood_groups`); ``--json`` writes
 ``{set: {score: {"auroc": …, "fpr95": …, …}}}``.
 
 Any other classifier (the book, page "Use it on your own model"):
@@ -191,14 +192,6 @@ def collapse_report(feats: dict[str, features.Features], W: Tensor, ood_names: l
     return {"collapse": nc, "nc5": nc5, "grams": grams}
 
 
-def group_means(results: protocol.Results, groups: dict[str, tuple[str, ...]]) -> dict[str, Any]:
-    """Per group of OOD sets (near, far): its sets and the mean of each metric over them, per score."""
-    keys = ("auroc", "fpr95", "aupr_in", "aupr_out")
-    return {g: {"sets": list(sets), "mean": protocol.average(
-        {s: {o: m for o, m in per_set.items() if o in sets} for s, per_set in results.items()}, keys)}
-        for g, sets in groups.items() if sets}
-
-
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -238,7 +231,7 @@ def evaluate_model(run: ModelRun) -> tuple[dict[str, Any], protocol.Detection, d
                   id=cfg.id_dataset, val_ood=cfg.val_ood_dataset, image_size=run.image_size, mean=mean.tolist(),
                   std=std.tolist(), device=str(device), seed=cfg.seed, n_boot=run.n_boot,
                   sizes={k: len(f) for k, f in feats.items()}, ood=protocol.by_set(det.results),
-                  groups=group_means(det.results, groups), options=det.used, selection=det.selection,
+                  groups=protocol.group_means(det.results, groups), options=det.used, selection=det.selection,
                   collapse=nc["collapse"], nc5=nc["nc5"])
     return report, det, nc["grams"]
 
@@ -266,9 +259,7 @@ def summary_lines(report: dict[str, Any], results: protocol.Results) -> list[str
     head = (f"{report['model']}: head {report['head']} (K={report['K']}, D={report['D']}), ID {report['id']}, "
             f"features at {report['feature_layer']}, {size} on {report['device']}")
     lines = [head, table(results, ("auroc", "fpr95", "aupr_in", "aupr_out"))]
-    lines += [f"{g} mean over {', '.join(v['sets'])}: " + ", ".join(f"{s} {100 * m['auroc']:.1f}"
-                                                                   for s, m in v["mean"].items())
-              for g, v in report["groups"].items()]
+    lines += group_lines(report["groups"])
     nc = report["collapse"]
     lines.append("collapse: " + ", ".join(f"{k} {nc[k]:.4g}" for k in ("nc1", "nc2_equinorm", "nc2_equiangular",
                                                                        "nc3", "nc4", "accuracy", "test_accuracy")))
@@ -283,10 +274,11 @@ def parser() -> argparse.ArgumentParser:
     which.add_argument("--snapshot", type=Path, help="a folder results/<profile>-<id set>")
     which.add_argument("--model", help="torchvision:NAME (with --weights), torchscript:PATH or helpers:PATH")
     p.add_argument("--ood", action="append", default=[], metavar="NAME",
-                   help="an OOD set name or imagefolder:PATH (repeat for several)")
+                   help="an OOD set name or imagefolder:PATH (repeat for several; --snapshot: default its own)")
     p.add_argument("--json", type=Path, help="--snapshot: write {set: {score: metrics}} to this file")
     p.add_argument("--seed", type=int, help="which seed's weights (default: the first in the snapshot)")
-    p.add_argument("--n-boot", type=int, default=200, help="bootstrap replicates per interval (default 200)")
+    p.add_argument("--n-boot", type=int, default=metrics.N_BOOT,
+                   help=f"bootstrap replicates per interval (default {metrics.N_BOOT})")
     p.add_argument("--data-root", default="", help="where data sets are prepared (default: $OODNC_DATA)")
     p.add_argument("--device", help="cpu | cuda | cuda:N | auto (default: cpu with --snapshot, auto with --model)")
     m = p.add_argument_group("--model")
@@ -320,9 +312,19 @@ def _run_model(args: argparse.Namespace) -> None:
         print(f"wrote {path}")
 
 
+def group_lines(groups: dict[str, Any]) -> list[str]:
+    """One line per group of OOD sets: its sets and each score's mean AUROC (%)."""
+    return [f"{g} mean over {', '.join(v['sets'])}: " + ", ".join(f"{s} {100 * m['auroc']:.1f}"
+                                                                for s, m in v["mean"].items())
+            for g, v in groups.items()]
+
+
 def _run_snapshot(args: argparse.Namespace) -> None:
-    det = evaluate(args.snapshot, args.ood, args.seed, args.n_boot, args.data_root, args.device or "cpu")
-    print(table(det.results))
+    cfg = snapshot_config(args.snapshot, args.seed, args.data_root)
+    names = list(dict.fromkeys(args.ood or cfg.ood_datasets))            # default: the snapshot's own OOD sets
+    det = evaluate(args.snapshot, names, args.seed, args.n_boot, args.data_root, args.device or "cpu")
+    groups = protocol.group_means(det.results, protocol.ood_groups(cfg.id_dataset, names))
+    print("\n".join([table(det.results), *group_lines(groups)]))
     if args.json:
         print(f"wrote {write_json(args.json, protocol.by_set(det.results))}")
 

@@ -85,7 +85,8 @@ def profile_line(name: str) -> str:
     data = f"{cfg.id_dataset} vs {', '.join(cfg.ood_datasets)}"
     net = f"ResNet-18 width {cfg.width}, {cfg.epochs} epochs" + (", augmented" if cfg.augment else "")
     times = [format_duration(training_seconds(cfg, cpu_images_per_s(cfg.width)))]
-    times += [format_duration(training_seconds(cfg, gpu_images_per_s(cfg.width, gpu, cfg.batch_size))) for gpu in ("T4", "H100")]
+    times += [format_duration(training_seconds(cfg, gpu_images_per_s(cfg.width, gpu, cfg.batch_size)))
+              for gpu in ("T4", "H100")]
     return f"  {name:<6} {data}; {net}; training {times[0]} on 2 CPU cores, ~{times[1]} on a T4, ~{times[2]} on an H100"
 
 

@@ -25,6 +25,10 @@ from .stats import ArrayLike, as_tensor
 
 ID_TEST = "ID test"                             # the name of the ID test set among the scored sets
 KNN_K = (1, 5, 10, 20, 50, 100, 200)            # candidate k of KNN, chosen on validation data
+# Near-OOD sets per ID set, as OpenOOD v1.5 groups them (the other CIFAR and Tiny ImageNet); every other OOD
+# set of a run is far-OOD (MNIST, SVHN, Textures, Places365, and the labelled extras such as Fashion-MNIST).
+NEAR_OOD = {"cifar100": ("cifar10", "tinyimagenet"), "cifar10": ("cifar100", "tinyimagenet"),
+            "synthetic": ("synthetic-near",)}
 
 
 class FeatureSet(Protocol):
@@ -275,6 +279,29 @@ def average(results: Results, keys: tuple[str, ...] = ("auroc", "fpr95")) -> dic
     """Mean over OOD sets of each metric in ``keys``, per score: {score: {metric: mean}}."""
     return {name: {k: float(np.mean([m[k] for m in per_set.values()])) for k in keys}
             for name, per_set in results.items()}
+
+
+def ood_groups(id_set: str, ood_sets: list[str]) -> dict[str, tuple[str, ...]]:
+    """OpenOOD v1.5's grouping of ``ood_sets`` for ID set ``id_set``: {"near": (...), "far": (...)}.
+
+    Near are the sets of :data:`NEAR_OOD` for this ID set, far all others; an ID set without an entry (an
+    image folder) has no groups, ``{}``.
+    """
+    if id_set not in NEAR_OOD:
+        return {}
+    near = tuple(s for s in ood_sets if s in NEAR_OOD[id_set])
+    return {"near": near, "far": tuple(s for s in ood_sets if s not in near)}
+
+
+def group_means(results: Results, groups: dict[str, tuple[str, ...]],
+                keys: tuple[str, ...] = ("auroc", "fpr95", "aupr_in", "aupr_out")) -> dict[str, Any]:
+    """Per group of OOD sets (near, far): its sets and the mean of each metric over them, per score.
+
+    {group: {"sets": [...], "mean": {score: {metric: mean}}}}; empty groups are left out.
+    """
+    return {g: {"sets": list(sets), "mean": average(
+        {s: {o: m for o, m in per_set.items() if o in sets} for s, per_set in results.items()}, keys)}
+        for g, sets in groups.items() if sets}
 
 
 def interval(m: dict[str, float], metric: str = "auroc") -> str:

@@ -117,9 +117,58 @@ def ood_table(runs: list[dict[str, Any]], metric: str = "auroc") -> list[str]:
         m = first["results"][s][o]
         return f"{_pct(m[metric])} [{_pct(m[metric + '_low'])}, {_pct(m[metric + '_high'])}]"
 
+    groups = [g for g in first.get("groups", {}) if all(g in r.get("groups", {}) for r in runs)]
     rows = [[f"`{s}`"] + [cell(s, o) for o in sets] + [_mean_std([r["average"][s][metric] for r in runs])]
+            + [_mean_std([r["groups"][g]["mean"][s][metric] for r in runs]) for g in groups]
             for s in _scores(first)]
-    return _table(["score"] + sets + ["average"], rows)
+    return _table(["score"] + sets + ["average"] + [f"{g} mean" for g in groups], rows)
+
+
+def _spearman(a: list[float], b: list[float]) -> float:
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(a, b).statistic)
+
+
+def comparison_lines(runs: list[dict[str, Any]]) -> list[str]:
+    """Our AUROC beside the published rows for the same ID set, per score, and the rank agreement of the methods.
+
+    OpenOOD v1.5 (near/far group means) against our ``groups`` means; NECO's Table 2 per OOD set against our set
+    of the same name. Spearman ρ is taken over the scores both report. Values are mean over seeds, in %.
+    """
+    pub = read_json(artifacts.RESULTS / "published.json") or {}
+    id_set, first = runs[0]["id_set"], runs[0]
+    out: list[str] = []
+    for key, entry in pub.items():
+        if f"_{id_set}_" not in key:
+            continue
+        scores = entry["scores"]
+        if key.startswith("openood"):
+            pairs = [(g, f"{g}_auroc") for g in ("near", "far") if g in first.get("groups", {})]
+            ours = {g: {s: statistics.mean(r["groups"][g]["mean"][s]["auroc"] for r in runs) for s in first["results"]}
+                    for g, _ in pairs}
+        else:
+            pairs = [(o, o) for o in first["ood_sets"] if any(o in v for v in scores.values())]
+            ours = {o: {s: statistics.mean(r["results"][s][o]["auroc"] for r in runs) for s in first["results"]}
+                    for o, _ in pairs}
+        common = [s for s in _order(scores) if s in first["results"]]
+        if not pairs or len(common) < 3:
+            continue
+        theirs = {g: {s: scores[s][col]["auroc"] if isinstance(scores[s].get(col), dict) else scores[s].get(col)
+                      for s in common} for g, col in pairs}
+        name = "OpenOOD v1.5" if key.startswith("openood") else "NECO"
+        header = ["score"] + [f"{h} {g}" for g, _ in pairs for h in ("ours", name)]
+        common = [s for s in common if all(theirs[g][s] is not None for g, _ in pairs)]
+        rows = [[f"`{s}`"] + [c for g, _ in pairs for c in (f"{100 * ours[g][s]:.1f}", f"{theirs[g][s]:.2f}")]
+                for s in common]
+        rho = [f"{g} ρ = {_spearman([ours[g][s] for s in common], [theirs[g][s] for s in common]):.2f}"
+               for g, _ in pairs]
+        out += [f"**Beside {name}** (AUROC %, ID `{id_set}`; {entry['setup']['architecture']}, "
+                f"{entry['setup']['training']}; their ID test accuracy {entry['setup']['id_test_accuracy_percent']} "
+                "%):", ""] + _table(header, rows) + [""]
+        out += [f"Rank agreement of the {len(common)} scores both report (Spearman ρ of per-score AUROC): "
+                + ", ".join(rho) + ".", ""]
+    return out
 
 
 def _sanity(runs: list[dict[str, Any]]) -> list[str]:
@@ -166,7 +215,7 @@ def _section(title: str, folder_runs: list[Path], figures: Path | None, fig_pref
     data = {n: [m for m in (load_metrics(f, n) for f in folder_runs) if m] for n in NAMES}
     return ([f"## {title}", ""] + (_provenance(info) if info else [])
             + (_training_lines(data["training"]) if data["training"] else [])
-            + (_ood_lines(data["ood"]) if data["ood"] else []) + collapse_lines(data)
+            + (_ood_lines(data["ood"]) + comparison_lines(data["ood"]) if data["ood"] else []) + collapse_lines(data)
             + _figure_lines(figures, fig_prefix))
 
 

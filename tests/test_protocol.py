@@ -211,3 +211,20 @@ def test_by_set_transposes():
     res = {"a": {"x": {"auroc": 1.0}, "y": {"auroc": 2.0}}, "b": {"x": {"auroc": 3.0}}}
     assert protocol.by_set(res) == {"x": {"a": {"auroc": 1.0}, "b": {"auroc": 3.0}}, "y": {"a": {"auroc": 2.0}}}
     assert protocol.interval({"fpr95": 0.5, "fpr95_low": 0.25, "fpr95_high": 0.75}, "fpr95") == "50.0 [25.0, 75.0]"
+
+
+def test_ood_groups_follow_openood_for_cifar_and_are_empty_for_other_id_sets():
+    sets = ["cifar10", "tinyimagenet", "dtd10", "fashion-mnist"]
+    assert protocol.ood_groups("cifar100", sets) == {"near": ("cifar10", "tinyimagenet"),
+                                                     "far": ("dtd10", "fashion-mnist")}
+    assert protocol.ood_groups("cifar10", ["cifar100", "svhn"]) == {"near": ("cifar100",), "far": ("svhn",)}
+    assert protocol.ood_groups("imagefolder:/x", sets) == {}
+
+
+def test_group_means_average_only_their_sets():
+    res = {"msp": {"a": {"auroc": 0.9, "fpr95": 0.1}, "b": {"auroc": 0.7, "fpr95": 0.5},
+                   "c": {"auroc": 0.2, "fpr95": 0.9}}}
+    g = protocol.group_means(res, {"near": ("a", "b"), "far": ("c",), "none": ()}, keys=("auroc", "fpr95"))
+    assert set(g) == {"near", "far"} and g["near"]["sets"] == ["a", "b"]
+    assert g["near"]["mean"]["msp"] == pytest.approx({"auroc": 0.8, "fpr95": 0.3})
+    assert g["far"]["mean"]["msp"] == pytest.approx({"auroc": 0.2, "fpr95": 0.9})

@@ -94,3 +94,29 @@ def test_metrics_and_figures_go_through_the_atomic_write(tmp_path: Path, monkeyp
     assert [p.name for p in written] == ["m.json", "f.png"]
     assert report.load_metrics(report.metrics_dir(cfg), "m") == {"x": 0.123457}
     assert (report.figures_dir(cfg) / "f.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def _published_like_run(sign: float) -> dict:
+    """An ood.json for CIFAR-100 whose near/far and CIFAR-10 AUROC are the published ones (sign 1) or reversed."""
+    pub = artifacts.read_json(artifacts.RESULTS / "published.json")
+    oo, neco = pub["openood_v15_cifar100_resnet18"]["scores"], pub["neco_table2_cifar100_resnet18"]["scores"]
+    names = sorted(set(oo) | set(neco))
+
+    def val(x: float | None) -> float:
+        return 0.5 + sign * ((x or 50.0) / 100 - 0.5)
+
+    res = {s: {"cifar10": _summary(val(neco.get(s, {}).get("cifar10", {}).get("auroc")), 0.5)} for s in names}
+    groups = {g: {"sets": ["cifar10"], "mean": {s: {"auroc": val(oo.get(s, {}).get(f"{g}_auroc"))} for s in names}}
+              for g in ("near", "far")}
+    return dict(id_set="cifar100", ood_sets=["cifar10"], results=res, groups=groups)
+
+
+@pytest.mark.parametrize("sign, rho", [(1.0, "1.00"), (-1.0, "-1.00")])
+def test_comparison_sets_our_auroc_beside_the_published_rows_with_their_rank_agreement(sign: float, rho: str) -> None:
+    lines = results.comparison_lines([_published_like_run(sign)])
+    text = "\n".join(lines)
+    assert "**Beside OpenOOD v1.5**" in text and "**Beside NECO**" in text
+    assert f"near ρ = {rho}, far ρ = {rho}" in text and f"cifar10 ρ = {rho}" in text
+    msp = next(line for line in lines if line.startswith("| `msp` |") and "80.27" in line)
+    assert msp.split(" | ")[1:3] == (["80.3", "80.27"] if sign > 0 else ["19.7", "80.27"])
+    assert results.comparison_lines([{**_published_like_run(sign), "id_set": "synthetic"}]) == []
