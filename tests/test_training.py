@@ -372,7 +372,8 @@ def test_the_scaler_state_in_a_checkpoint_is_loaded(tmp_path: Path, cpu: torch.d
     assert epoch == 1 and amp.scaler.state_dict() == blob["scaler"]
 
 
-@pytest.mark.skip(reason="hangs in torch.compile on this CPU build (2026-12-01); the compiled step is CUDA-only")
+@pytest.mark.skip(reason="torch.compile of the step hangs on this CPU build (2026-12-02, backends aot_eager and eager "
+                         "alike); the compiled step is CUDA-only")
 def test_the_compiled_step_is_one_graph_with_the_eager_numbers(cpu: torch.device) -> None:
     torch.manual_seed(0)
     model = build_model(5, 4).train()
@@ -381,7 +382,7 @@ def test_the_compiled_step_is_one_graph_with_the_eager_numbers(cpu: torch.device
     x = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
     y, params = torch.arange(8) % 5, crop_flip_params(8, torch.Generator().manual_seed(1))
     eager = train.make_step(model, stats, amp, channels_last=True)
-    compiled = train.make_step(model, stats, amp, True, "default", backend="aot_eager", fullgraph=True)
+    compiled = train.make_step(model, stats, amp, True, "default", backend="eager", fullgraph=True)
     loss_e, logits_e = eager(x, y, params)
     grads_e = torch.autograd.grad(loss_e, list(model.parameters()))    # before BatchNorm updates its statistics
     loss_c, logits_c = compiled(x, y, params)                          # fullgraph: no graph break
