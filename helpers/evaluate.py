@@ -116,6 +116,13 @@ def table(results: protocol.Results, keys: tuple[str, ...] = ("auroc", "fpr95"))
     return "\n".join(lines)
 
 
+def group_lines(groups: dict[str, Any]) -> list[str]:
+    """One line per group of OOD sets: its sets and each score's mean AUROC (%)."""
+    return [f"{g} mean over {', '.join(v['sets'])}: " + ", ".join(f"{s} {100 * m['auroc']:.1f}"
+                                                                for s, m in v["mean"].items())
+            for g, v in groups.items()]
+
+
 # ------------------------------------------------------------------------------------ any classifier
 @dataclass
 class ModelRun:
@@ -310,13 +317,6 @@ def _run_model(args: argparse.Namespace) -> None:
     print("\n".join(summary_lines(report, det.results)))
     for path in write_report(args.out, report, det, grams):
         print(f"wrote {path}")
-
-
-def group_lines(groups: dict[str, Any]) -> list[str]:
-    """One line per group of OOD sets: its sets and each score's mean AUROC (%)."""
-    return [f"{g} mean over {', '.join(v['sets'])}: " + ", ".join(f"{s} {100 * m['auroc']:.1f}"
-                                                                for s, m in v["mean"].items())
-            for g, v in groups.items()]
 
 
 def _run_snapshot(args: argparse.Namespace) -> None:

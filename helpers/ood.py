@@ -282,7 +282,7 @@ class ViM(OODScore):
             raise ValueError(f"dim must be below the feature size: got dim={d} for D={D} features.")
         self.origin_ = -torch.linalg.pinv(W) @ b                          # (D,)
         x = h - self.origin_                                             # (N, D)
-        _, V = torch.linalg.eigh(_second_moment(x))          # ascending eigenvalues
+        _, V = torch.linalg.eigh(_second_moment(x))                     # ascending eigenvalues
         self.null_space_ = V[:, : D - d]                                 # (D, D - d), I - P P^T = NS NS^T
         residual = self._residual(h)                                     # (N,)
         if residual.mean() <= 0:

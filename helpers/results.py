@@ -221,10 +221,8 @@ def _section(title: str, folder_runs: list[Path], figures: Path | None, fig_pref
 
 def nc1_trend(collapse: dict[str, Any]) -> float:
     """Spearman rank correlation between epoch and NC1 over the saved checkpoints."""
-    from scipy.stats import spearmanr
-
     rows = collapse["trajectory"]
-    return float(spearmanr([r["epoch"] for r in rows], [r["nc1"] for r in rows]).statistic)
+    return _spearman([r["epoch"] for r in rows], [r["nc1"] for r in rows])
 
 
 COLLAPSE_KEYS = ("nc1", "cdnv", "nc2_equinorm", "nc2_equiangular", "nc2_equinorm_w", "nc2_equiangular_w", "nc3",
