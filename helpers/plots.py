@@ -304,8 +304,12 @@ def class_means_gif(frames: list[dict], path, ms_per_frame: int = 700) -> str:
         fig.canvas.draw()
         images.append(np.asarray(fig.canvas.buffer_rgba())[..., :3].copy())   # (H, W, 3) uint8
         plt.close(fig)
+    if not images:
+        raise ValueError("no frames to write: the class-mean animation needs at least one checkpoint")
     durations = [ms_per_frame] * (len(images) - 1) + [3 * ms_per_frame]
-    gif = iio.imwrite("<bytes>", np.stack(images), extension=".gif", duration=durations, loop=0)
+    # Pillow takes a list of durations only for several frames (one checkpoint, e.g. a 1-epoch run, gives one).
+    duration = durations if len(images) > 1 else durations[0]
+    gif = iio.imwrite("<bytes>", np.stack(images), extension=".gif", duration=duration, loop=0)
     return str(atomic_write(path, lambda f: f.write(gif)))
 
 

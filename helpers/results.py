@@ -202,11 +202,50 @@ def _ood_lines(o: list[dict[str, Any]]) -> list[str]:
             + [""] + _sanity(o))
 
 
+# The figures the notebooks save (helpers.report.save_figure), in the order of the narrative, with their captions.
+FIGURES = {
+    "id_samples": "Notebook 01: a few training images of the ID set, one per class shown.",
+    "training_curves": "Notebook 01: loss and accuracy per epoch on the training, validation and test sets; the "
+                       "marked epoch starts the terminal phase (training accuracy at least 99 %).",
+    "ood_samples": "Notebook 02: a row of images of every OOD set.",
+    "knn_k_validation": "Notebook 02: KNN's AUROC on the validation OOD set for each k; the k chosen there is used "
+                        "on the test sets.",
+    "score_histograms": "Notebook 02: distribution of each score on the ID test set and on each OOD set.",
+    "roc_curves": "Notebook 02: ROC curves of every score on one OOD set, ID positive (TPR: ID kept, FPR: OOD "
+                  "accepted).",
+    "neco_sweep": "Notebook 02: NECO's AUROC against the dimension d of its principal subspace, per OOD set, "
+                  "with the cumulative explained variance.",
+    "auroc_heatmap": "Notebook 02: AUROC (%) of every score on every OOD set.",
+    "collapse_curves": "Notebook 03: NC1 to NC4 and the accuracies over training (log scale where they span "
+                       "decades), the start of the terminal phase marked.",
+    "gram_heatmaps": "Notebook 03: cosines between the centred class means (left) and between the classifier rows "
+                     "(right) at the last checkpoint; a simplex ETF has −1/(K−1) off the diagonal.",
+    "class_means_snapshots": "Notebook 03: the centred class means projected on their first two principal "
+                             "directions at several checkpoints.",
+    "class_means": "Notebook 03: the same projection, one frame per checkpoint.",
+    "nc5_curves": "Notebook 04: NC5 (uncentred and centred) and NECO's AUROC over training, one line per OOD set.",
+    "nc5_vs_auroc": "Notebook 04: centred NC5 against NECO's AUROC, one point per checkpoint and OOD set.",
+    "id_ood_projection": "Notebook 04: ID class means, ID test features and OOD features on the principal directions "
+                         "of the ID class means at the last checkpoint.",
+    "layer_heatmaps": "Notebook 05: NC1, NC1 per direction and the CDNV of every block over training.",
+    "layer_profile": "Notebook 05: NC1, NC2 equiangularity and nearest-class-centre accuracy block by block at the "
+                    "last checkpoint.",
+}
+
+
+def _figure_order(files: list[Path]) -> list[Path]:
+    """Figures in the order of :data:`FIGURES`; others (unknown names) after them, alphabetically."""
+    rank = {name: i for i, name in enumerate(FIGURES)}
+    return sorted(files, key=lambda f: (rank.get(f.stem, len(rank)), f.name))
+
+
 def _figure_lines(figures: Path | None, prefix: str) -> list[str]:
     if figures is None or not figures.exists():
         return []
-    return [line for png in sorted(figures.glob("*.png")) + sorted(figures.glob("*.gif"))
-            for line in (f"```{{figure}} {prefix}/{png.name}", ":width: 90%", "", f"`{png.stem}`", "```", "")]
+    files = _figure_order([*figures.glob("*.png"), *figures.glob("*.gif")])
+    return [line for f in files
+            for line in (f"```{{figure}} {prefix}/{f.name}", ":width: 90%", "",
+                         FIGURES.get(f.stem, f.stem.replace("_", " ").capitalize() + "."), "```", "")]
 
 
 def _section(title: str, folder_runs: list[Path], figures: Path | None, fig_prefix: str,

@@ -127,6 +127,19 @@ def test_geometry_frames(run):
         assert np.mean(np.sum(f["means"] ** 2, axis=1)) == pytest.approx(1.0)   # RMS-normalised
 
 
+@pytest.mark.parametrize("n_frames", [1, 2])
+def test_class_means_gif_has_one_frame_per_checkpoint(run, tmp_path: Path, n_frames: int):
+    """A one-checkpoint run (e.g. ``-p epochs 1``) gives a one-frame GIF, not a Pillow error."""
+    from PIL import Image
+
+    from helpers import plots
+
+    cfg, splits, _, checkpoints = run
+    frames = sweep.mean_geometry_frames(cfg, checkpoints, splits, DEVICE, n_classes=4, per_class=3)[:n_frames]
+    with Image.open(plots.class_means_gif(frames, tmp_path / "means.gif")) as gif:
+        assert gif.format == "GIF" and gif.n_frames == n_frames
+
+
 def test_warm_rerun_reads_the_cache(run, monkeypatch):
     cfg, splits, oods, checkpoints = run
     first = (sweep.collapse_over_training(cfg, checkpoints, splits, DEVICE),
