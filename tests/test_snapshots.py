@@ -1,0 +1,112 @@
+"""The committed result snapshots under ``results/``: complete, from a clean tree, and rendered by the Results page.
+
+Every folder ``results/<profile>-<id set>/`` with a ``run.json`` is checked: its commit is a clean commit of
+this repository, every seed has its five metrics files and its float32 weights (at most 4 MB, loadable into the
+network of its configuration), the training reached the terminal phase and held it for the last quarter, the OOD
+metrics cover every score and every OOD set of the profile, and :func:`helpers.results.results_markdown` renders
+its tables and figures. Where the ID data is in ``../shared`` (CI has it), the committed weights must reproduce
+the recorded ID test accuracy: they are the weights of the run the metrics describe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import artifacts, data, evaluate, results, train
+from helpers.config import REPO_ROOT
+from helpers.ood import SCORES
+
+SNAPSHOTS = sorted(p.parent for p in artifacts.RESULTS.glob("*/run.json"))
+HEADLINE = artifacts.RESULTS / "cpu-cifar100"
+
+
+def _seeds(folder: Path) -> list[int]:
+    return sorted(int(s) for s in artifacts.read_json(folder / "run.json")["seeds"])
+
+
+def test_the_headline_snapshot_is_committed() -> None:
+    assert HEADLINE in SNAPSHOTS, f"{HEADLINE} is missing: python -m helpers.run --profile cpu writes it"
+    assert len(_seeds(HEADLINE)) >= 2, "the cpu-cifar100 snapshot should hold at least two seeds"
+
+
+@pytest.mark.parametrize("folder", SNAPSHOTS, ids=lambda p: p.name)
+def test_snapshot_comes_from_a_clean_commit_of_this_repository(folder: Path) -> None:
+    commit = artifacts.read_json(folder / "run.json")["commit"]
+    assert re.fullmatch(r"[0-9a-f]{7,40}", commit), f"{folder.name}/run.json has commit {commit!r} (dirty or unknown)"
+    git = subprocess.run(["git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=REPO_ROOT, capture_output=True)
+    if git.returncode != 0 and (REPO_ROOT / ".git" / "shallow").exists():
+        pytest.skip("shallow clone: the snapshot's commit may be outside the fetched history")
+    assert git.returncode == 0, f"{folder.name} was made at commit {commit}, which is not in this repository"
+
+
+@pytest.mark.parametrize("folder", SNAPSHOTS, ids=lambda p: p.name)
+def test_every_seed_has_its_metrics_and_small_float32_weights(folder: Path) -> None:
+    cfg = evaluate.snapshot_config(folder)
+    assert evaluate.snapshot_seeds(folder) == _seeds(folder)
+    for seed in _seeds(folder):
+        assert sorted(p.stem for p in (folder / "metrics" / f"seed-{seed}").glob("*.json")) == sorted(results.NAMES)
+        path = folder / results.WEIGHTS.format(seed=seed)
+        assert path.stat().st_size <= results.MAX_WEIGHTS_BYTES
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
+        model = evaluate.load_network(folder, evaluate.snapshot_config(folder, seed), torch.device("cpu"))  # strict
+        collapse = artifacts.read_json(folder / "metrics" / f"seed-{seed}" / "collapse.json")
+        assert model.fc.weight.shape == (collapse["num_classes"], collapse["feature_dim"]) and model.width == cfg.width
+
+
+@pytest.mark.parametrize("folder", SNAPSHOTS, ids=lambda p: p.name)
+def test_training_held_the_terminal_phase_for_the_last_quarter(folder: Path) -> None:
+    for seed in _seeds(folder):
+        t = artifacts.read_json(folder / "metrics" / f"seed-{seed}" / "training.json")
+        last_quarter = [h for h in t["history"] if h["epoch"] > 0.75 * t["epochs"]]
+        assert last_quarter and min(h["train_acc"] for h in last_quarter) >= 0.99, f"seed {seed}"
+        assert t["history"][-1]["epoch"] == t["epochs"]
+
+
+@pytest.mark.parametrize("folder", SNAPSHOTS, ids=lambda p: p.name)
+def test_ood_metrics_cover_every_score_and_set(folder: Path) -> None:
+    cfg = evaluate.snapshot_config(folder)
+    for seed in _seeds(folder):
+        ood = artifacts.read_json(folder / "metrics" / f"seed-{seed}" / "ood.json")
+        assert set(ood["ood_sets"]) == set(cfg.ood_datasets)
+        for name in SCORES:
+            for s in cfg.ood_datasets:
+                auroc = ood["results"][name][s]["auroc"]
+                assert 0.0 <= auroc <= 1.0, (name, s, auroc)
+
+
+@pytest.mark.parametrize("folder", SNAPSHOTS, ids=lambda p: p.name)
+def test_results_page_renders_the_snapshot_tables_and_figures(folder: Path, tmp_path: Path) -> None:
+    cfg = evaluate.snapshot_config(folder)
+    page = results.results_markdown(dataclasses.replace(cfg, artifacts=str(tmp_path / "none")), stage_figures=tmp_path)
+    section = page.split(f"## Snapshot `{folder.name}` (committed)", 1)
+    assert len(section) == 2, f"the Results page has no section for {folder.name}"
+    body = section[1].split("\n## ", 1)[0]
+    for s in cfg.ood_datasets:
+        assert re.search(rf"\|\s*`?{re.escape(s)}`?\s*\|", body), f"no row or column for {s}"
+    if len(_seeds(folder)) > 1:
+        assert "±" in body, "several seeds but no mean ± std"
+    shown = re.findall(rf"```{{figure}} figures/{folder.name}/(\S+)", body)
+    assert sorted(shown) == sorted(p.name for p in (folder / "figures").iterdir())
+    assert all((tmp_path / folder.name / f).is_file() for f in shown)
+    for f in shown:
+        assert results.FIGURES.get(Path(f).stem, "?") in body, f"{f} has no caption of results.FIGURES"
+
+
+def test_headline_weights_reproduce_the_recorded_test_accuracy() -> None:
+    cfg = evaluate.snapshot_config(HEADLINE)
+    try:
+        data.prepare(cfg, {cfg.id_dataset: ("train", "test")}, quiet=True)
+    except data.DataNotFoundError as e:
+        pytest.skip(f"ID data not available here: {e}")
+    splits = data.id_splits(cfg)
+    model = evaluate.load_network(HEADLINE, cfg, torch.device("cpu"))
+    _, acc = train.evaluate(model, splits.test, (splits.mean, splits.std), torch.device("cpu"), 512)
+    recorded = artifacts.read_json(HEADLINE / "metrics" / f"seed-{cfg.seed}" / "training.json")["test_acc"]
+    assert acc == pytest.approx(recorded, abs=2e-4)
