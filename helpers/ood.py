@@ -15,7 +15,8 @@ still have ``fit``, so every score is used the same way. ``SCORES`` maps names t
 Notation (book, chapter "OOD scores"): ``h`` features (N, D), ``z`` logits (N, K), last layer
 ``W`` (K, D) and ``b`` (K,), class means ``mu_c`` (K, D), within-class covariance ``Sigma_W`` (D, D).
 Inputs may be numpy arrays or torch tensors; computations run on the CPU in float64, except the large
-matrix products of scoring in ViM and KNN, which run in ``compute_dtype`` (float32 by default; second
+matrix products of scoring in ViM and KNN, which run in ``compute_dtype`` (float32 by default; KNN first
+screens its candidates with an exact bound on a bfloat16 product where the CPU multiplies bf16 natively; second
 moments, eigendecompositions and pseudo-inverses of every fit stay in float64). ``benchmarks/bench_scores.py`` and
 ``tests/test_ood.py`` check that every float32 choice leaves the AUROC within 1e-6 of float64; set
 ``score.compute_dtype = torch.float64`` on an instance to reproduce the all-float64 numbers.
@@ -380,17 +381,122 @@ class NECOMaxLogit(NECO):
                          maxlogit=maxlogit)
 
 
+_BF16_ROUNDOFF = 2.0**-8    # unit roundoff of bfloat16 (8 significant bits)
+_PREFILTER_EXTRA = 64       # candidates beyond k recomputed exactly after the bfloat16 pass, per query
+_RERANK_ROWS = 256          # queries per bfloat16 product and per exact re-ranking product
+_BLOCK = 16                 # columns per block of the candidate search (_top_candidates)
+
+
+def bf16_products_are_fast() -> bool:
+    """True on CPUs that multiply bfloat16 natively (AVX512-BF16 or AMX), where a bfloat16 product
+    costs about half a float32 one (``benchmarks/bench_scores.py``)."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def _kth_exact(q: Tensor, bank: Tensor, k: int) -> Tensor:
+    """k-th largest of each row of q @ bank^T, (N,), by chunks of the full product in q's dtype."""
+    buffer = q.new_empty(min(_RERANK_ROWS, q.shape[0]), bank.shape[0])          # reused: no page faults
+    kth = [torch.mm(c, bank.T, out=buffer[:len(c)]).topk(k, dim=1, sorted=False).values.min(dim=1).values
+           for c in q.split(_RERANK_ROWS)]
+    return torch.cat(kth) if kth else q.new_zeros(0)
+
+
+class _Bf16Bound:
+    """|s - s^| <= a + c|s^| for s = q.x and s^ = bf16(fl32(q~.x~)), q~ = bf16(q), x~ = bf16(x):
+    a = |q~||x - x~| + |q - q~|(|x~| + |x - x~|) + 2 D u32 |q~||x~| (input rounding by Cauchy-Schwarz,
+    float32 accumulation) and c = u/(1 - u) (output rounding), maxima over the bank rows x."""
+
+    def __init__(self, bank: Tensor, bank16: Tensor):
+        rounded = bank16.float()
+        self.dx, self.nx = (bank - rounded).norm(dim=1).max(), rounded.norm(dim=1).max()
+        self.c = _BF16_ROUNDOFF / (1 - _BF16_ROUNDOFF)
+
+    def slack(self, q: Tensor, q16: Tensor) -> Tensor:
+        """a (N,) for the queries q (N, D) and q16 = bf16(q)."""
+        dq, nq = (q - q16.float()).norm(dim=1), q16.float().norm(dim=1)
+        return nq * self.dx + dq * (self.nx + self.dx) + 2 * q.shape[1] * 2.0**-24 * nq * self.nx
+
+    def threshold(self, q: Tensor, q16: Tensor, kth16: Tensor) -> Tensor:
+        """t (N,): every bank row whose s can reach the exact k-th largest s_k has s^ >= t.
+
+        The k rows with s^ >= kth16 give s_k >= L = kth16 - a - c|kth16|; s >= L needs g(s^) >= L - a for
+        the increasing g(s) = s + c|s|, so t = g^-1(L - a)."""
+        a = self.slack(q, q16)
+        v = kth16 - a - self.c * kth16.abs() - a                                # L - a
+        return torch.where(v >= 0, v / (1 + self.c), v / (1 - self.c))
+
+
+def _top_candidates(s: Tensor, m: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The m largest entries of each row of s (rows, N) and their columns, by blocks: with B = ``_BLOCK``
+    and nb = N // B, column j < nb B belongs to block j mod nb. The m blocks with the largest maxima, and
+    the last N mod B columns, hold the m largest entries unless one ties with or exceeds the (m+1)-th
+    block maximum, so one ``topk`` over about m B entries replaces one over all N (about 5x faster).
+
+    Returns values (rows, m) sorted, their columns (rows, m), and the largest entry outside the chosen
+    blocks (rows,), which the caller compares with the smallest value it needs."""
+    rows, n = s.shape
+    nb = n // _BLOCK
+    maxima = s[:, :nb * _BLOCK].unflatten(1, (_BLOCK, nb)).amax(dim=1)          # (rows, nb), strided blocks
+    chosen = min(m, nb)
+    block_max, blocks = maxima.topk(min(chosen + 1, nb), dim=1)                 # sorted
+    outside = block_max[:, chosen] if nb > chosen else torch.full_like(block_max[:, 0], -torch.inf)
+    cols = (blocks[:, :chosen, None] + torch.arange(_BLOCK) * nb).flatten(1)   # (rows, chosen B)
+    cols = torch.cat([cols, torch.arange(nb * _BLOCK, n).expand(rows, -1)], dim=1)
+    top, pos = s.gather(1, cols).topk(m, dim=1)
+    return top, cols.gather(1, pos), outside
+
+
+def kth_similarity(q: Tensor, bank: Tensor, k: int, prefilter: bool) -> Tensor:
+    """k-th largest similarity q_i . x_j over the bank rows x_j, (N,), exact in the dtype of q and bank.
+
+    Without ``prefilter``: the full product by chunks, then ``topk``. With it: one bfloat16 product bounds
+    every similarity (``_Bf16Bound``) and keeps each query's k + 64 largest as candidates; these are
+    recomputed in q's dtype, by chunks of queries sorted by their nearest candidate (neighbours of similar
+    queries coincide, so each chunk multiplies by the union of its candidates only). That is the exact
+    k-th largest whenever every row that can reach it is a candidate; a query where one might not be gets
+    the full product. Equal to the full product up to float rounding.
+    """
+    m = min(k + _PREFILTER_EXTRA, bank.shape[0])
+    if not prefilter or bank.shape[0] < 4 * m:
+        return _kth_exact(q, bank, k)
+    bank16 = bank.to(torch.bfloat16)
+    bound = _Bf16Bound(bank, bank16)
+    candidates, unsure = [], []
+    buffer = bank16.new_empty(min(_RERANK_ROWS, q.shape[0]), bank.shape[0])     # reused: no page faults
+    for c in q.split(_RERANK_ROWS):
+        c16 = c.to(torch.bfloat16)
+        s16 = torch.mm(c16, bank16.T, out=buffer[:len(c)])                       # (rows, N_train)
+        top16, idx, outside = _top_candidates(s16, m)                            # (rows, m), sorted
+        threshold = bound.threshold(c, c16, top16[:, k - 1].float())
+        unsure.append(torch.maximum(top16[:, -1], outside).float() >= threshold)  # a candidate missed?
+        candidates.append(idx)
+    idx, unsure = torch.cat(candidates), torch.cat(unsure)                      # (N, m), (N,)
+    kth = q.new_empty(q.shape[0])
+    for rows in idx[:, 0].argsort().split(_RERANK_ROWS):
+        union, position = idx[rows].unique(return_inverse=True)                  # (U,), (rows, m)
+        sims = q[rows] @ bank[union].T                                           # (rows, U)
+        kth[rows] = sims.gather(1, position).topk(k, dim=1).values[:, -1]
+    if unsure.any():
+        kth[unsure] = _kth_exact(q[unsure], bank, k)
+    return kth
+
+
 class KNN(OODScore):
     """Minus the distance to the k-th nearest training feature, on the unit sphere (Sun et al., ICML 2022).
 
     S(h) = -||h/||h|| - h_(k)/||h_(k)|| || with h_(k) the k-th nearest normalised training feature.
     Derived in the book, chapter "OOD scores" (eq. eq-knn). pytorch-ood's ``KNN`` returns the distance
-    (minus this). Computed in chunks of test rows with ||a - b||^2 = 2 - 2 a.b for unit vectors: one
-    matrix product of normalised features in ``compute_dtype`` (float32) per chunk, then ``torch.topk``.
+    (minus this). Computed with ||a - b||^2 = 2 - 2 a.b for unit vectors by ``kth_similarity``: matrix
+    products of normalised features in ``compute_dtype`` (float32) and ``torch.topk``; where bfloat16
+    products are fast (``prefilter``), a bf16 product first bounds every similarity and only each query's
+    candidates are recomputed in float32, which gives the same k-th neighbour (``tests/test_ood.py``).
 
     Args:
         k: neighbour rank, 1 <= k <= number of training samples (the paper uses 50 on CIFAR-10).
     """
+
+    prefilter: bool | None = None    # bfloat16 pass first (None: where bf16 products are fast); same values
 
     def __init__(self, k: int = 50):
         _check_int(k, "k")
@@ -399,15 +505,15 @@ class KNN(OODScore):
     def _fit(self, h: Tensor, z: Tensor, y: Tensor, W: Tensor, b: Tensor) -> None:
         if self.k > h.shape[0]:
             raise ValueError(f"k={self.k} exceeds the training size ({h.shape[0]} samples); lower k.")
-        self.bank_ = F.normalize(h, dim=1)                               # (N_train, D) float64
+        # rows grouped by class, so that the candidate neighbours of similar queries are near each other
+        self.bank_ = F.normalize(h[y.argsort(stable=True)], dim=1)       # (N_train, D) float64
 
     def _score(self, h: Tensor, z: Tensor) -> Tensor:
-        bank_t = self.bank_.to(self.compute_dtype).T.contiguous()        # (D, N_train)
+        prefilter = self.prefilter if self.prefilter is not None else bf16_products_are_fast()
         q = F.normalize(h, dim=1).to(self.compute_dtype)                 # (N, D)
-        rows = max(1, _CHUNK_ELEMENTS // bank_t.shape[1])
-        kth = [(c @ bank_t).topk(self.k, dim=1, sorted=False).values.min(dim=1).values for c in q.split(rows)]
-        sim = torch.cat(kth).to(torch.float64) if kth else h.new_zeros(0)  # (N,) k-th largest cosine
-        return -(2 - 2 * sim).clamp_min(0).sqrt()
+        bank = self.bank_.to(self.compute_dtype)                         # (N_train, D)
+        sim = kth_similarity(q, bank, self.k, prefilter and self.compute_dtype == torch.float32)
+        return -(2 - 2 * sim.to(torch.float64)).clamp_min(0).sqrt()
 
 
 class ReAct(OODScore):

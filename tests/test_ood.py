@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from scipy.special import logsumexp, softmax
 from sklearn.exceptions import NotFittedError
 from sklearn.metrics import roc_auc_score
@@ -370,6 +371,59 @@ def test_knn_kth_neighbour() -> None:
     knn = _f64(ood.KNN(k=2)).fit(h, h, np.array([0, 1, 0, 1]), W, b)
     q = np.array([[1.0, 0.0]])                                           # 2nd nearest is angle 0.1
     assert knn.score(q, q)[0] == pytest.approx(-2 * np.sin(0.05), rel=1e-9)
+
+
+def _near_ties(n: int, d: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unit queries and a bank whose similarities to each query crowd near the k-th: every bank row is a
+    query direction mixed with a little noise, so thousands of rows lie within bfloat16 rounding of it."""
+    g = torch.Generator().manual_seed(seed)
+    q = F.normalize(torch.randn(8, d, generator=g), dim=1)
+    bank = q[torch.arange(n) % 8] + 0.02 * torch.randn(n, d, generator=g)
+    return q, F.normalize(bank, dim=1)
+
+
+@pytest.mark.parametrize("n", [5_000, 5_011])                            # a multiple of the block and not
+def test_bf16_prefilter_gives_the_exact_kth_similarity(n: int) -> None:
+    g = torch.Generator().manual_seed(0)
+    bank = F.normalize(torch.randn(n, 64, generator=g), dim=1)
+    q = F.normalize(torch.randn(300, 64, generator=g), dim=1)
+    for k in (1, 7, 50):
+        exact = ood.kth_similarity(q, bank, k, prefilter=False)
+        sorted_sims = torch.sort(q @ bank.T, dim=1, descending=True).values
+        np.testing.assert_allclose(exact, sorted_sims[:, k - 1], rtol=0, atol=1e-6)
+        np.testing.assert_allclose(ood.kth_similarity(q, bank, k, prefilter=True), exact, rtol=0, atol=1e-6)
+
+
+def test_bf16_prefilter_is_exact_when_similarities_crowd_the_kth() -> None:
+    q, bank = _near_ties(4_000, 32, seed=1)                              # bf16 spacing ~ 0.004 near 1
+    exact = ood.kth_similarity(q, bank, 50, prefilter=False)
+    np.testing.assert_allclose(ood.kth_similarity(q, bank, 50, prefilter=True), exact, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("crowded", [False, True])
+def test_bf16_bound_holds_and_its_threshold_keeps_every_row_that_reaches_the_kth(crowded: bool) -> None:
+    if crowded:
+        q, bank = _near_ties(2_000, 32, seed=2)
+    else:
+        g = torch.Generator().manual_seed(3)
+        q, bank = (F.normalize(torch.randn(n, 32, generator=g), dim=1) for n in (40, 2_000))
+    q16, bank16 = q.to(torch.bfloat16), bank.to(torch.bfloat16)
+    bound = ood._Bf16Bound(bank, bank16)
+    s, s16 = q.double() @ bank.double().T, (q16 @ bank16.T).double()   # exact, and what the prefilter sees
+    slack = bound.slack(q, q16).double()[:, None]
+    assert ((s - s16).abs() <= slack + bound.c * s16.abs()).all()
+    assert slack.max() < 0.02                                           # and the bound is not vacuous
+    k = 50
+    kth, kth16 = s.topk(k, dim=1).values[:, -1:], s16.topk(k, dim=1).values[:, -1]
+    threshold = bound.threshold(q, q16, kth16.float()).double()[:, None]
+    assert (s16[s >= kth] >= threshold.expand_as(s)[s >= kth]).all()
+
+
+def test_knn_scores_agree_with_and_without_the_prefilter(gauss: dict[str, np.ndarray]) -> None:
+    h_id = gauss["h_id"]
+    with_bf16, without = _fit(ood.KNN(k=5), gauss), _fit(ood.KNN(k=5), gauss)
+    with_bf16.prefilter, without.prefilter = True, False
+    np.testing.assert_allclose(with_bf16.score(h_id, gauss["z_id"]), without.score(h_id, gauss["z_id"]), atol=1e-6)
 
 
 def test_react_and_ash_by_formula() -> None:
