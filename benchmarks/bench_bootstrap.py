@@ -33,7 +33,7 @@ from helpers import metrics
 SIZES = {"quick": (2_000, 200, 5, 2), "default": (10_000, 1_000, 10, 3), "full": (10_000, 1_000, 100, 5)}
 
 
-def _previous_block(a: np.ndarray, c: np.ndarray, p: metrics._Sorted) -> dict[str, np.ndarray]:
+def _previous_block(a: np.ndarray, c: np.ndarray, p: metrics.SortedScores) -> dict[str, np.ndarray]:
     """The previous ``metrics_from_counts``: float64 counts and cumulative sums, a dense (b, n_v) tie matrix."""
     a, c = a.astype(np.float64), c.astype(np.float64)
     n, m = int(a[0].sum()), int(c[0].sum())
@@ -58,7 +58,7 @@ def _previous_block(a: np.ndarray, c: np.ndarray, p: metrics._Sorted) -> dict[st
 
 def previous_replicates(s_id: np.ndarray, s_ood: np.ndarray, n_boot: int, seed: int) -> dict[str, np.ndarray]:
     """The previous ``bootstrap_replicates``: same draws and blocks, one thread, ``_previous_block``."""
-    p = metrics._Sorted.of(s_id, s_ood)
+    p = metrics.SortedScores.of(s_id, s_ood)
     parts = [_previous_block(metrics._counts(p.g_id, i, p.n_v), metrics._counts(p.g_ood, j, p.n_w), p)
              for i, j in metrics.resample_indices(s_id.size, s_ood.size, n_boot, seed)]
     return {k: np.concatenate([x[k] for x in parts]) for k in metrics.METRICS}
