@@ -12,8 +12,10 @@ from __future__ import annotations
 import hashlib
 import warnings
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -123,11 +125,42 @@ def _read(path: Path, n: int) -> dict | None:
         if any(t.shape[0] != n for t in blob["tensors"]):
             raise ValueError("row counts do not match the set")
     except Exception as err:  # noqa: BLE001 - truncated zips, garbage and foreign files all mean "recompute"
-        why = (str(err).splitlines() or [""])[0][:100]
-        warnings.warn(f"feature cache {path} is unusable ({type(err).__name__}: {why}); it is recomputed and "
-                      "rewritten.", stacklevel=4)
+        _warn_unusable(path, err)
         return None
     return blob
+
+
+def _warn_unusable(path: Path, err: Exception) -> None:
+    why = (str(err).splitlines() or [""])[0][:100]
+    warnings.warn(f"feature cache {path} is unusable ({type(err).__name__}: {why}); it is recomputed and "
+                  "rewritten.", stacklevel=5)
+
+
+def measurement_path(cache_dir: Path, checkpoint: Path, name: str, sets: list[ImageSet], mean: Tensor, std: Tensor,
+                     options: str = "") -> Path:
+    """Cache file of the measurement ``name`` of ``checkpoint`` on ``sets``, keyed like :func:`cache_path` (the
+    checkpoint's bytes, each set's name and pixels, the normalisation) plus ``options`` (what else changes it)."""
+    sets_key = "|".join(f"{ds.name}:{set_digest(ds)}" for ds in sets)
+    key = f"{CACHE_FORMAT}|{name}|{sets_key}|{mean.tolist()}|{std.tolist()}|{options}"
+    prep = hashlib.sha256(key.encode()).hexdigest()[:12]
+    return Path(cache_dir) / checkpoint_digest(checkpoint) / f"{name}-{prep}.pt"
+
+
+def cached_measurement(path: Path, compute: Callable[[], Any]) -> Any:
+    """``compute()`` through the cache: read from ``path`` when a complete copy is there, otherwise computed
+    and stored (a damaged file gives one warning and is rewritten). For small results of a pass that streams
+    through the network, such as the block statistics of notebook 05, so that a warm run skips the network."""
+    if path.exists():
+        try:
+            blob = torch.load(path, weights_only=True)
+            if not isinstance(blob, dict) or blob.get("format") != CACHE_FORMAT:
+                raise ValueError("written by another version")
+            return blob["value"]
+        except Exception as err:  # noqa: BLE001 - as in _read: anything unreadable means "recompute"
+            _warn_unusable(path, err)
+    value = compute()
+    write_torch({"format": CACHE_FORMAT, "value": value}, path)
+    return value
 
 
 def read_cache(path: Path, ds: ImageSet, blocks: bool) -> Features | None:

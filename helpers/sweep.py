@@ -28,6 +28,7 @@ from torch import Tensor
 
 from . import checkpoint as ckpt
 from . import collapse, data, features, protocol, train
+from .artifacts import RunPaths
 from .config import Config
 from .data import ImageSet, Splits
 from .model import ResNet18
@@ -343,13 +344,20 @@ def layers_at(cfg: Config, path: Path, splits: Splits, device: torch.device) -> 
     C_l < K-1 channels has fewer terms and a smaller NC1 for the same per-direction ratio.
     ``nc1_per_direction`` = NC1 K / min(K-1, C_l) averages over the directions instead and can be compared
     across layers of different width; CDNV (eq. eq-cdnv) needs no inverse and is comparable as well.
+    The rows are cached with the features (:func:`helpers.features.cached_measurement`): a warm run skips the
+    network.
     """
-    model = train.load_model(path, cfg, splits.num_classes, device)
-    batches = partial(pooled_batches, model, splits=splits, device=device, batch_size=cfg.eval_batch_size)
-    stats = block_stats(batches(splits.train), splits.num_classes)
-    means = [s.means() for s in stats]                                   # (K, C_l) each
-    on_train, on_test = ncc_accuracy(batches(splits.train), means), ncc_accuracy(batches(splits.test), means)
-    return [_layer_row(i, *args) for i, args in enumerate(zip(stats, on_train, on_test, strict=True), start=1)]
+    def measure() -> list[Row]:
+        model = train.load_model(path, cfg, splits.num_classes, device)
+        batches = partial(pooled_batches, model, splits=splits, device=device, batch_size=cfg.eval_batch_size)
+        stats = block_stats(batches(splits.train), splits.num_classes)
+        means = [s.means() for s in stats]                               # (K, C_l) each
+        on_train, on_test = ncc_accuracy(batches(splits.train), means), ncc_accuracy(batches(splits.test), means)
+        return [_layer_row(i, *args) for i, args in enumerate(zip(stats, on_train, on_test, strict=True), start=1)]
+
+    cache = features.measurement_path(RunPaths.of(cfg).features, path, "layers", [splits.train, splits.test],
+                                      splits.mean, splits.std, f"batch {cfg.eval_batch_size}|{device.type}")
+    return features.cached_measurement(cache, measure)
 
 
 def layers_over_training(cfg: Config, checkpoints: dict[int, Path], splits: Splits,

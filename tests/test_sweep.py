@@ -158,7 +158,7 @@ def test_warm_rerun_reads_the_cache(run, monkeypatch):
 
 def test_layer_rows_streamed_in_batches_equal_all_features_at_once(run):
     """The streaming pass (7-image batches) gives the numbers of the whole (N, C_l) block tensors, with blocks
-    1-7 rounded to float16 as the feature cache stores them; nothing is written to the cache."""
+    1-7 rounded to float16 as the feature cache stores them; no features are written, only the rows."""
     cfg, splits, _, checkpoints = run
     files = sorted((cfg.run_dir() / "features").rglob("*"))
     rows = sweep.layers_at(dataclasses.replace(cfg, eval_batch_size=7), checkpoints[2], splits, DEVICE)
@@ -172,7 +172,28 @@ def test_layer_rows_streamed_in_batches_equal_all_features_at_once(run):
         assert row["ncc_train"] == whole["ncc_accuracy"]
         means = class_means(h.double(), tr.labels, K)
         assert row["ncc_test"] == float((collapse.ncc_predict(h_test, means) == te.labels).double().mean())
-    assert sorted((cfg.run_dir() / "features").rglob("*")) == files
+    written = set((cfg.run_dir() / "features").rglob("*.pt")) - set(files)
+    assert [p.name.split("-")[0] for p in written] == ["layers"]
+
+
+def test_layer_rows_come_from_the_cache_when_warm_and_a_damaged_file_is_rewritten(run, monkeypatch):
+    cfg, splits, _, checkpoints = run
+    cfg = dataclasses.replace(cfg, eval_batch_size=5)                   # rows of their own cache file
+    first = sweep.layers_at(cfg, checkpoints[1], splits, DEVICE)
+    cache = sweep.features.measurement_path(cfg.run_dir() / "features", checkpoints[1], "layers",
+                                            [splits.train, splits.test], splits.mean, splits.std, "batch 5|cpu")
+    assert cache.exists()
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the network ran although the layer rows are cached")
+
+    with monkeypatch.context() as m:
+        m.setattr(sweep.train, "load_model", no_network)
+        assert sweep.layers_at(cfg, checkpoints[1], splits, DEVICE) == first
+    cache.write_bytes(cache.read_bytes()[:40])                            # truncated
+    with pytest.warns(UserWarning, match="unusable"):
+        assert sweep.layers_at(cfg, checkpoints[1], splits, DEVICE) == first
+    assert sweep.layers_at(cfg, checkpoints[1], splits, DEVICE) == first  # rewritten whole
 
 
 def test_block_stats_of_batches_equal_one_update():
