@@ -1,20 +1,20 @@
-"""Notebooks 02-05 with a cold and a warm feature cache, smoke profile: wall time and peak memory.
+"""Notebooks 02-05 with a cold and a warm feature cache: wall time and peak memory.
 
-The smoke profile's checkpoints (trained by notebook 01 in ``artifacts/``) are copied into a fresh temporary
+The checkpoints of ``--profile`` (default smoke) with the ``-p NAME VALUE`` overrides, trained by notebook 01
+in the artifacts folder (``-p artifacts PATH`` or ``$OODNC_ARTIFACTS``), are copied into a fresh temporary
 artifacts folder, so the shared artifacts and their feature cache are never touched. Each notebook that exists
 is then run twice through the runner, one process per notebook,
 
-    python -m helpers.run --profile smoke --only NN --no-book -p artifacts TMP --out TMP/out
+    python -m helpers.run --profile PROFILE --only NN --no-book -p artifacts TMP [-p NAME VALUE] --out TMP/out
 
-first with an empty feature cache (cold: every (checkpoint, set) passes through the network once), then again
-(warm: features read from the cache; notebook 05 streams its block statistics through the network on every run,
-by design, so that its memory does not grow with the number of images). Reported per notebook: the runner's
-own wall seconds of the notebook (``run.json``), and the peak RSS of the largest process (runner or Jupyter
-kernel) from ``/usr/bin/time -v``.
-Goal: the warm run of 02-04 takes at most 20 % of their cold run. The temporary folder is deleted at the end
+first with an empty feature cache (cold: every (checkpoint, set) passes through the network once; notebook 05
+streams its block statistics and caches the resulting rows), then again (warm: features and rows read from the
+cache). Reported per notebook: the runner's own wall seconds of the notebook (``run.json``), and the peak RSS of
+the largest process (runner or Jupyter kernel) from ``/usr/bin/time -v``.
+Goal: the warm run of 02-05 takes at most 20 % of their cold run. The temporary folder is deleted at the end
 unless ``--keep``.
 
-    python benchmarks/bench_notebooks.py [--quick | --full] [--threads 1] [--keep] [--json out.json]
+    python benchmarks/bench_notebooks.py [--profile cpu -p epochs 3] [--quick | --full] [--threads 1] [--keep]
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import common
+import yaml
 
 from helpers.config import make_config
 from helpers.run import NOTEBOOKS
@@ -58,14 +59,14 @@ def run_runner(args: list[str], threads: int) -> dict:
                 tail=(proc.stdout + proc.stderr)[-1500:])
 
 
-def copy_checkpoints(tmp: Path, overrides: dict) -> Path:
-    """Copy the smoke run's checkpoints into a fresh artifacts folder ``tmp``; returns the new run folder."""
-    src = make_config("smoke", **overrides).run_dir() / "checkpoints"
-    dst_run = make_config("smoke", **overrides, artifacts=str(tmp)).run_dir()
-    last = make_config("smoke", **overrides).epochs
-    if not (src / f"epoch-{last:04d}.pt").exists():
-        raise SystemExit(f"no finished smoke training in {src.parent}; run notebook 01 first: python -m helpers.run "
-                         "--profile smoke --only 01 --no-book")
+def copy_checkpoints(tmp: Path, profile: str, overrides: dict) -> Path:
+    """Copy the run's checkpoints into a fresh artifacts folder ``tmp``; returns the new run folder."""
+    cfg = make_config(profile, **overrides)
+    src = cfg.run_dir() / "checkpoints"
+    dst_run = make_config(profile, **{**overrides, "artifacts": str(tmp)}).run_dir()
+    if not (src / f"epoch-{cfg.epochs:04d}.pt").exists():
+        raise SystemExit(f"no finished {profile} training in {src.parent}; run notebook 01 first: python -m "
+                         f"helpers.run --profile {profile} --only 01 --no-book (with the same -p options)")
     shutil.copytree(src, dst_run / "checkpoints")
     return dst_run
 
@@ -87,9 +88,14 @@ def notebook_seconds(run_dir: Path, name: str) -> float | None:
 def main() -> int:
     p = common.parser(__doc__)
     p.add_argument("--keep", action="store_true", help="keep the temporary artifacts folder")
+    p.add_argument("--profile", default="smoke", help="the profile whose checkpoints are copied (default smoke)")
+    p.add_argument("-p", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                   help="a config override, as for helpers.run (repeatable)")
     args = p.parse_args()
     common.setup_torch(args.threads)
-    m = common.header("notebooks 02-05, cold vs warm feature cache (smoke profile)", args)
+    m = common.header(f"notebooks 02-05, cold vs warm feature cache ({args.profile} profile)", args)
+    overrides = {name: yaml.safe_load(value) for name, value in args.p}
+    passed = [x for name, value in args.p if name != "artifacts" for x in ("-p", name, value)]
     chosen = existing(("02",) if args.quick else ("02", "03", "04", "05"))
     if not chosen:
         print("none of notebooks 02-05 exists yet; nothing to time.")
@@ -101,12 +107,12 @@ def main() -> int:
     passes = ("cold", "warm", "warm2") if args.full else ("cold", "warm")
     rows, raw = [], {}
     try:
-        run_dir = copy_checkpoints(tmp, {})
+        run_dir = copy_checkpoints(tmp, args.profile, overrides)
         files: dict[str, set[Path]] = {}
         for which in passes:
             for nb in chosen:
-                r = run_runner(["--profile", "smoke", "--only", nb[:2], "--no-book", "-p", "artifacts", str(tmp),
-                                "--out", str(tmp / "out")], args.threads)
+                r = run_runner(["--profile", args.profile, "--only", nb[:2], "--no-book", "--no-snapshot", *passed,
+                                "-p", "artifacts", str(tmp), "--out", str(tmp / "out")], args.threads)
                 if r["returncode"] != 0:
                     print(f"{nb} failed in the {which} pass (exit {r['returncode']}):\n{r['tail']}")
                     return 1
@@ -130,9 +136,8 @@ def main() -> int:
                      "warm/cold": warm / r["cold"]["seconds"],
                      "cold peak RSS GB": (r["cold"]["peak"] or float("nan")) / GB,
                      "warm peak RSS GB": (r["warm"]["peak"] or float("nan")) / GB})
-    cached = [r for r in rows if not r["notebook"].startswith("05")]      # 05 streams through the network
-    cold, warm = sum(r["cold s"] for r in cached), sum(r["warm s"] for r in cached)
-    rows.append({"notebook": "total (cached: 02-04)", "cold s": cold, "warm s": warm, "warm/cold": warm / cold})
+    cold, warm = sum(r["cold s"] for r in rows), sum(r["warm s"] for r in rows)
+    rows.append({"notebook": "total", "cold s": cold, "warm s": warm, "warm/cold": warm / cold})
     common.table(rows, ["notebook", "cold s", "warm s", "warm/cold", "cold peak RSS GB", "warm peak RSS GB"])
     print(f"(notebook seconds as recorded by the runner in run.json; peak RSS of the largest process, runner or "
           f"kernel; warm = best of {len(passes) - 1} warm pass(es); feature cache written: {cache / 2**20:.0f} MiB)")
@@ -140,7 +145,8 @@ def main() -> int:
         print(f"WARNING: the warm pass wrote {new} new feature files, so it recomputed features: the data or the "
               "helpers changed during the run (e.g. someone edited helpers/synthetic.py). Rerun for valid numbers.")
     g = common.goal("warm / cold wall time", 100 * warm / cold, 20, higher_is_better=False, unit=" %")
-    common.write_json(args.json, dict(machine=m, size=common.size(args), notebooks=chosen, runs=raw, rows=rows,
+    common.write_json(args.json, dict(machine=m, size=common.size(args), profile=args.profile, overrides=overrides,
+                                      notebooks=chosen, runs=raw, rows=rows,
                                       cache_bytes=cache, new_files_in_warm=new, goal=g))
     return 0
 

@@ -4,7 +4,8 @@ Every set (ID or OOD) is an :class:`ImageSet`: images ``(N, 3, 32, 32)`` uint8, 
 (-1 for OOD sets without classes), and ``source``, where the images came from (``run.json`` records it).
 Augmentation and normalisation act on whole batches on the training device.
 
-Reading and preparing are two steps. :func:`load` only reads: synthetic sets are generated, image folders
+Reading and preparing are two steps. :func:`load` only reads: synthetic sets are read from the file
+:func:`prepare` generated (or generated in memory when there is none), image folders
 are decoded, and real sets are read from the data root's tensor files (``<data root>/tensors/NAME-SPLIT.pt``,
 tagged with :data:`TENSOR_FORMAT`). :func:`prepare` (or ``python -m helpers.data NAME ...``) writes those
 files once, from the first source that has the set: torchvision's files in the data root, the archive in
@@ -95,7 +96,8 @@ SOURCES: dict[str, Source] = {
 }
 REAL = tuple(SOURCES)
 SYNTHETIC_OOD = tuple(f"synthetic-{k}" for k in synthetic.OOD_KINDS) + ("synthetic-near-val",)
-NAMES = ("synthetic",) + SYNTHETIC_OOD + REAL
+SYNTHETIC = ("synthetic",) + SYNTHETIC_OOD
+NAMES = SYNTHETIC + REAL
 HOW_TO_GET = {name: src.how for name, src in SOURCES.items()}
 
 
@@ -136,23 +138,38 @@ def load(name: str, split: str, cfg: Config) -> ImageSet:
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
-    if name == "synthetic":
-        per_class = cfg.per_class if split == "train" else max(10, cfg.per_class // 3)
-        x, y = synthetic.make_id(split, num_classes=cfg.num_classes, per_class=per_class, seed=cfg.seed)
-        classes = [f"class {c}" for c in range(cfg.num_classes)]
-        return ImageSet(name, _nhwc_to_tensor(x), torch.from_numpy(y).long(), classes,
-                        f"helpers.synthetic, seed {cfg.seed}")
-    if name in SYNTHETIC_OOD:
-        kind = name.removeprefix("synthetic-").removesuffix("-val")
-        seed = cfg.seed + (7919 if name.endswith("-val") else 0)
-        x = synthetic.make_ood(kind, n=1000, seed=seed)
-        return ImageSet(name, _nhwc_to_tensor(x), torch.full((len(x),), -1), [], f"helpers.synthetic, seed {seed}")
+    if name in SYNTHETIC:
+        blob, _ = _read_tensors(synthetic_path(cfg, name, split))       # generated once by prepare(), if at all
+        if blob is None:
+            return ImageSet(name, *_generate(name, split, cfg))
+        return ImageSet(name, blob["images"], blob["labels"], list(blob["classes"]), blob["source"])
     if name.startswith("imagefolder:"):
         return _imagefolder(Path(name.split(":", 1)[1]).expanduser(), split, name, cfg.skip_bad_images)
     if name in SOURCES:
         _check_split(name, split)
         return _read_prepared(name, split, cfg.data_dir())
     raise ValueError(f"unknown data set {name!r}; use one of {', '.join(NAMES)} or imagefolder:PATH.")
+
+
+def _generate(name: str, split: str, cfg: Config) -> tuple[Tensor, Tensor, list[str], str]:
+    """(images, labels, classes, source) of a synthetic set, from :mod:`helpers.synthetic`."""
+    if name == "synthetic":
+        per_class = cfg.per_class if split == "train" else max(10, cfg.per_class // 3)
+        x, y = synthetic.make_id(split, num_classes=cfg.num_classes, per_class=per_class, seed=cfg.seed)
+        classes = [f"class {c}" for c in range(cfg.num_classes)]
+        return _nhwc_to_tensor(x), torch.from_numpy(y).long(), classes, f"helpers.synthetic, seed {cfg.seed}"
+    kind = name.removeprefix("synthetic-").removesuffix("-val")
+    seed = cfg.seed + (7919 if name.endswith("-val") else 0)
+    x = synthetic.make_ood(kind, n=1000, seed=seed)
+    return _nhwc_to_tensor(x), torch.full((len(x),), -1), [], f"helpers.synthetic, seed {seed}"
+
+
+def synthetic_path(cfg: Config, name: str, split: str) -> Path:
+    """The data root's file of a generated synthetic set: keyed by what it depends on (the seed, and for the ID
+    set the class and image counts) and by the bytes of :mod:`helpers.synthetic`, so an edit regenerates it."""
+    code = zlib.crc32(Path(synthetic.__file__).read_bytes())
+    key = f"k{cfg.num_classes}-n{cfg.per_class}-s{cfg.seed}" if name == "synthetic" else f"s{cfg.seed}"
+    return Path(cfg.data_dir()) / "tensors" / f"{name}-{split}-{key}-{code:08x}.pt"
 
 
 def tensor_path(root: Path, name: str, split: str) -> Path:
@@ -216,7 +233,8 @@ def prepare(cfg: Config, names: dict[str, tuple[str, ...]] | None = None, quiet:
     A set already prepared is left alone and listed in one closing line ("already prepared in ROOT: ...");
     a missing, corrupt or outdated file is (re)built from torchvision's files in the data root, else the archive
     in ``../shared/data``, else a Debian package, else a torchvision download, one line per set and split. A set
-    that none has raises :class:`DataNotFoundError` saying how to get it. Lines are printed unless ``quiet``.
+    that none has raises :class:`DataNotFoundError` saying how to get it. The synthetic sets of ``cfg`` are
+    generated once into the data root (:func:`synthetic_path`). Lines are printed unless ``quiet``.
     """
     wanted = names if names is not None else sets_of(cfg)
     for name, splits in wanted.items():        # check every name first: a typo must not wait for a long decode
@@ -231,10 +249,28 @@ def prepare(cfg: Config, names: dict[str, tuple[str, ...]] | None = None, quiet:
             lines.append(done)
             if not quiet:
                 print(done, flush=True)
+    if names is None:
+        lines += _prepare_synthetic(cfg, quiet)
     if ready:
         lines.append(f"already prepared in {root}: " + ", ".join(f"{n} ({', '.join(s)})" for n, s in ready.items()))
         if not quiet:
             print(lines[-1], flush=True)
+    return lines
+
+
+def _prepare_synthetic(cfg: Config, quiet: bool) -> list[str]:
+    """Generate the synthetic sets of ``cfg`` once into the data root (a warm run then reads them, as real sets)."""
+    lines = []
+    for name in dict.fromkeys((cfg.id_dataset, *cfg.ood_datasets, *cfg.extra_ood, cfg.val_ood_dataset)):
+        for split in (("train", "test") if name == "synthetic" else ("test",)) if name in SYNTHETIC else ():
+            path = synthetic_path(cfg, name, split)
+            if _read_tensors(path)[0] is None:
+                images, labels, classes, source = _generate(name, split, cfg)
+                _write_tensors({"format": TENSOR_FORMAT, "images": images, "labels": labels, "classes": classes,
+                                "source": source}, path)
+                lines.append(f"generated {name} ({split}): {len(labels):,} images, kept in {path.parent}")
+                if not quiet:
+                    print(lines[-1], flush=True)
     return lines
 
 

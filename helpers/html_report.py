@@ -147,8 +147,8 @@ def page(report: dict[str, Any], figures: dict[str, str], book_url: str = "", ma
             "<h2>Neural collapse at this checkpoint</h2>", collapse_tables(report["collapse"], report["nc5"], links),
             "<h2>Figures</h2>", _figures(figures), "<h2>Equations</h2>", equations_section(equations, links)]
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>OOD report</title><style>{STYLE}</style>"
-            f"<script>{MATHJAX_CONFIG}</script><script>{mathjax}</script></head><body>" + "\n".join(body)
-            + "</body></html>\n")
+            f"<script>{MATHJAX_CONFIG}</script><script>{mathjax}</script></head><body><main>" + "\n".join(body)
+            + "</main></body></html>\n")
 
 
 def write(path: Path, report: dict[str, Any], figures: dict[str, Any], book_url: str = "") -> Path:

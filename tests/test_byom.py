@@ -15,9 +15,11 @@ import torchvision
 from PIL import Image
 from torch import nn
 
-from helpers import data, evaluate, own_model
+from helpers import data, evaluate, html_report, own_model
 from helpers.data import ImageSet
 from helpers.ood import SCORES
+
+from .browser import chromium, render
 
 CPU = torch.device("cpu")
 MEAN, STD = torch.tensor([0.5, 0.4, 0.3]), torch.tensor([0.2, 0.25, 0.3])
@@ -252,3 +254,9 @@ def test_random_resnet18_on_an_image_folder_end_to_end(byom, tmp_path, capsys):
     assert "window.MathJax" in page and len(page) > 2_000_000
     assert 'href="book/metrics.html#equation-eq-auroc"' in page and "equation-eq-nc1" in page
     assert "\\mathrm{AUROC}" in page                                  # the book's own equation, typeset offline
+    if chromium() is None:
+        pytest.skip("the report was not opened in a browser: chromium is not installed (apt-get install chromium)")
+    (seen,) = render(out, ["report.html"])                             # what a reader sees, offline
+    assert seen.images == 4 and seen.broken == [] and seen.requests_outside == []
+    used = {lab for lab in html_report.LABELS.values() if lab in html_report.book_equations()}
+    assert seen.maths >= len(used) > 10 and seen.mathjax_errors == 0 and seen.raw_tex == 0   # each equation typeset

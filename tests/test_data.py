@@ -264,3 +264,32 @@ def test_imageset_subset_and_len() -> None:
     sub = ds.subset(torch.tensor([3, 1]), name="two")
     assert len(sub) == 2 and sub.name == "two" and sub.labels.tolist() == [3, 1]
     assert np.array_equal(_indices(sub).numpy(), [3, 1])
+
+
+def test_synthetic_sets_are_generated_once_by_prepare_and_then_read(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = make_tiny(tmp_path)
+    fresh = {name: data.load(name, "test", cfg) for name in ("synthetic", cfg.ood_datasets[0])}
+    assert not (tmp_path / "data").exists()                            # load only reads
+    lines = data.prepare(cfg, quiet=True)
+    assert sum(line.startswith("generated synthetic") for line in lines) == 2 + len(set(cfg.ood_datasets)) + 1
+    assert data.prepare(cfg, quiet=True) == []                         # once
+    monkeypatch.setattr(data, "_generate", lambda *a: (_ for _ in ()).throw(AssertionError("regenerated")))
+    for name, ds in fresh.items():
+        read = data.load(name, "test", cfg)
+        assert torch.equal(read.images, ds.images) and torch.equal(read.labels, ds.labels)
+        assert (read.classes, read.source) == (ds.classes, ds.source)
+
+
+def test_a_damaged_or_outdated_synthetic_file_is_not_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = make_tiny(tmp_path)
+    data.prepare(cfg, quiet=True)
+    path = data.synthetic_path(cfg, "synthetic", "test")
+    expected = data.load("synthetic", "test", cfg)
+    path.write_bytes(path.read_bytes()[:100])                          # truncated: generated again in memory
+    assert torch.equal(data.load("synthetic", "test", cfg).images, expected.images)
+    assert any("generated synthetic (test)" in line for line in data.prepare(cfg, quiet=True))
+    other = make_tiny(tmp_path, seed=1)                                # another seed, another file
+    assert data.synthetic_path(other, "synthetic", "test") != path
+    monkeypatch.setattr(data.synthetic, "__file__", str(Path(data.__file__)))   # edited generator code
+    assert data.synthetic_path(cfg, "synthetic", "test") != path
