@@ -16,6 +16,16 @@ import torch
 from helpers import config
 from helpers.config import REPO_ROOT
 
+
+def worker_threads() -> dict[str, str]:
+    """One OpenMP thread per process when pytest-xdist runs two workers on the two cores: a two-thread job
+    beside another process runs 3-6x slower (benchmarks/README.md). Empty when the tests run in one process."""
+    return {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"} if os.environ.get("PYTEST_XDIST_WORKER") else {}
+
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+
 TINY = dict(num_classes=5, per_class=8, width=4, epochs=3, checkpoint_every=1, batch_size=8)
 
 

@@ -25,6 +25,7 @@ from helpers.config import REPO_ROOT
 from helpers.run import NOTEBOOKS
 
 from .browser import chromium, render
+from .conftest import worker_threads
 from .test_notebook_files import plotting_cells
 
 HTML = REPO_ROOT / "_build" / "smoke" / "book" / "_build" / "html"
@@ -59,7 +60,7 @@ def toc_pages() -> list[str]:
 
 @pytest.fixture(scope="session")
 def built_book() -> Path:
-    env = {**os.environ, "MPLBACKEND": "Agg"}
+    env = {**os.environ, "MPLBACKEND": "Agg", **worker_threads()}
     result = subprocess.run([sys.executable, "-m", "helpers.run", "--profile", "smoke"], cwd=REPO_ROOT, env=env,
                             capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, f"the smoke book build failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
