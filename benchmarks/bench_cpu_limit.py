@@ -141,6 +141,8 @@ def main() -> int:
     share = 100 * default["of fp32 peak"]
     print(f"\nthe training step reaches {default['GFLOP/s']:.0f} GFLOP/s = {share:.0f} % of the {threads}-thread "
           f"float32 peak ({peaks[(threads, 'float32')]:.0f} GFLOP/s)")
+    common.result(f"training step, share of the {threads}-thread float32 peak", f"{share:.0f} % "
+                  f"({default['GFLOP/s']:.0f} of {peaks[(threads, 'float32')]:.0f} GFLOP/s)")
     common.write_json(args.json, dict(machine=m, size=common.size(args), peaks={f"{t} {d}": v for (t, d), v in
                                       peaks.items()}, training=rows, inference=irows, step_flops_128=f128))
     return 0

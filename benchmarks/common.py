@@ -121,6 +121,12 @@ def goal(name: str, value: float, target: float, higher_is_better: bool = True, 
     return dict(name=name, value=value, target=target, higher_is_better=higher_is_better, met=met)
 
 
+def result(name: str, value: str) -> None:
+    """Print one figure that has no goal, e.g. ``result training step, share of the float32 peak: 62 %``;
+    ``run_all.py`` puts it in the README's table."""
+    print(f"result {name}: {value}")
+
+
 def write_json(path: Path | None, result: dict[str, Any]) -> None:
     if path is None:
         return
