@@ -130,6 +130,19 @@ def _spearman(a: list[float], b: list[float]) -> float:
     return float(spearmanr(a, b).statistic)
 
 
+def _our_columns(runs: list[dict[str, Any]], scores: dict, by_group: bool) -> tuple[list[tuple[str, str]], dict]:
+    """(our column, their column) pairs and our mean AUROC per column and score: near/far group means for
+    OpenOOD (``by_group``), else the OOD sets the publication also reports."""
+    first = runs[0]
+    if by_group:
+        pairs = [(g, f"{g}_auroc") for g in ("near", "far") if g in first.get("groups", {})]
+        return pairs, {g: {s: statistics.mean(r["groups"][g]["mean"][s]["auroc"] for r in runs)
+                           for s in first["results"]} for g, _ in pairs}
+    pairs = [(o, o) for o in first["ood_sets"] if any(o in v for v in scores.values())]
+    return pairs, {o: {s: statistics.mean(r["results"][s][o]["auroc"] for r in runs) for s in first["results"]}
+                   for o, _ in pairs}
+
+
 def comparison_lines(runs: list[dict[str, Any]]) -> list[str]:
     """Our AUROC beside the published rows for the same ID set, per score, and the rank agreement of the methods.
 
@@ -143,14 +156,7 @@ def comparison_lines(runs: list[dict[str, Any]]) -> list[str]:
         if f"_{id_set}_" not in key:
             continue
         scores = entry["scores"]
-        if key.startswith("openood"):
-            pairs = [(g, f"{g}_auroc") for g in ("near", "far") if g in first.get("groups", {})]
-            ours = {g: {s: statistics.mean(r["groups"][g]["mean"][s]["auroc"] for r in runs) for s in first["results"]}
-                    for g, _ in pairs}
-        else:
-            pairs = [(o, o) for o in first["ood_sets"] if any(o in v for v in scores.values())]
-            ours = {o: {s: statistics.mean(r["results"][s][o]["auroc"] for r in runs) for s in first["results"]}
-                    for o, _ in pairs}
+        pairs, ours = _our_columns(runs, scores, by_group=key.startswith("openood"))
         common = [s for s in _order(scores) if s in first["results"]]
         if not pairs or len(common) < 3:
             continue
