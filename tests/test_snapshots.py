@@ -11,6 +11,7 @@ the recorded ID test accuracy: they are the weights of the run the metrics descr
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -110,3 +111,43 @@ def test_headline_weights_reproduce_the_recorded_test_accuracy() -> None:
     _, acc = train.evaluate(model, splits.test, (splits.mean, splits.std), torch.device("cpu"), 512)
     recorded = artifacts.read_json(HEADLINE / "metrics" / f"seed-{cfg.seed}" / "training.json")["test_acc"]
     assert acc == pytest.approx(recorded, abs=2e-4)
+
+
+def _span(values: list[float], digits: int, scale: float = 1.0) -> str:
+    """``"a–b"`` as the exercises write a range over seeds (one value when the seeds agree to ``digits``)."""
+    lo, hi = (f"{scale * v:.{digits}f}" for v in (min(values), max(values)))
+    return lo if lo == hi else f"{lo}–{hi}"
+
+
+def _markdown(notebook: str) -> str:
+    nb = json.loads((REPO_ROOT / "notebooks" / notebook).read_text())
+    return "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
+
+
+def test_exercise_answers_quote_the_headline_snapshot() -> None:
+    """The expected values printed in the exercises of notebooks 02 and 03 are the snapshot's own numbers."""
+    seeds = [HEADLINE / "metrics" / f"seed-{s}" for s in _seeds(HEADLINE)]
+    ood = [artifacts.read_json(p / "ood.json") for p in seeds]
+    nc = [{r["epoch"]: r for r in artifacts.read_json(p / "collapse.json")["trajectory"]} for p in seeds]
+    onsets = {artifacts.read_json(p / "collapse.json")["tpt_onset"] for p in seeds}
+    vs_id = [v["auroc"] for o in ood for v in o["id_vs_id"]["scores"].values()]
+    dims = [o["hyperparameters"]["neco"]["dim"] for o in ood]
+    expected = {
+        "02_ood_scores.ipynb": [
+            *(f"{label} AUROC is {_span([o['average'][s]['auroc'] for o in ood], 1, 100)} %" for label, s in
+              [("Max Logit's", "maxlogit")]),
+            f"$T = 1$ {_span([o['average']['energy']['auroc'] for o in ood], 1, 100)} %",
+            f"MSP's {_span([o['average']['msp']['auroc'] for o in ood], 1, 100)} %",
+            f"$d = {dims[0]}$ (seed 0) and $d = {dims[1]}$ (seed 1)",
+            f"deviation is {_span([o['id_vs_id']['null_sd'] for o in ood], 2, 100)} points",
+            f"between {100 * min(vs_id):.1f} % and {100 * max(vs_id):.1f} %"],
+        "03_neural_collapse.ipynb": [
+            f"the TPT starts at epoch {onsets.pop()}",
+            *(f"{_span([n[e]['nc1'] for n in nc], 1)} at epoch {e}" for e in (15, 20, 30)),
+            "from {} to {}".format(*(_span([n[e]["nc2_equiangular"] for n in nc], 3) for e in (20, 30))),
+            f"training NC4 is {_span([n[30]['nc4'] for n in nc], 4)}",
+            f"test NC4 {_span([n[30]['test_nc4'] for n in nc], 3)}"]}
+    for notebook, phrases in expected.items():
+        text = _markdown(notebook)
+        missing = [p for p in phrases if p not in text]
+        assert not missing, f"{notebook}: the exercises should quote {missing} (from {HEADLINE.name}); update them"
