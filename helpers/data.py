@@ -215,15 +215,18 @@ def _check_split(name: str, split: str) -> None:
         raise ValueError(f"{name!r} has no {split!r} split: it is an OOD test set; use split 'test'.")
 
 
-def sets_of(cfg: Config) -> dict[str, tuple[str, ...]]:
-    """Every real set ``cfg`` uses, with the splits it needs: the ID set's train and test, the OOD sets' test."""
-    needed: dict[str, tuple[str, ...]] = {}
-    if cfg.id_dataset in SOURCES:
-        needed[cfg.id_dataset] = ("train", "test")
+def _used(cfg: Config) -> dict[str, tuple[str, ...]]:
+    """Every set ``cfg`` uses, real or synthetic, with the splits it needs: the ID set's train and test, the
+    OOD sets' (and the validation OOD set's) test."""
+    needed = {cfg.id_dataset: ("train", "test")}
     for name in (*cfg.ood_datasets, *cfg.extra_ood, cfg.val_ood_dataset):
-        if name in SOURCES:
-            needed.setdefault(name, ("test",))
+        needed.setdefault(name, ("test",))
     return needed
+
+
+def sets_of(cfg: Config) -> dict[str, tuple[str, ...]]:
+    """Every real set ``cfg`` uses (:data:`SOURCES`), with the splits it needs."""
+    return {name: splits for name, splits in _used(cfg).items() if name in SOURCES}
 
 
 # --------------------------------------------------------------------------------------------- preparing
@@ -261,13 +264,12 @@ def prepare(cfg: Config, names: dict[str, tuple[str, ...]] | None = None, quiet:
 def _prepare_synthetic(cfg: Config, quiet: bool) -> list[str]:
     """Generate the synthetic sets of ``cfg`` once into the data root (a warm run then reads them, as real sets)."""
     lines = []
-    for name in dict.fromkeys((cfg.id_dataset, *cfg.ood_datasets, *cfg.extra_ood, cfg.val_ood_dataset)):
-        for split in (("train", "test") if name == "synthetic" else ("test",)) if name in SYNTHETIC else ():
+    for name, splits in _used(cfg).items():
+        for split in splits if name in SYNTHETIC else ():
             path = synthetic_path(cfg, name, split)
             if _read_tensors(path)[0] is None:
                 images, labels, classes, source = _generate(name, split, cfg)
-                _write_tensors({"format": TENSOR_FORMAT, "images": images, "labels": labels, "classes": classes,
-                                "source": source}, path)
+                _store(path, images, labels, classes, source)
                 lines.append(f"generated {name} ({split}): {len(labels):,} images, kept in {path.parent}")
                 if not quiet:
                     print(lines[-1], flush=True)
@@ -283,13 +285,13 @@ def _prepare_one(name: str, split: str, root: Path) -> str | None:
     if why != "missing":
         warnings.warn(f"data file {path} {why}; rebuilding it.", stacklevel=3)
     images, labels, classes, source = _decode(name, split, root)
-    _write_tensors({"format": TENSOR_FORMAT, "images": images, "labels": labels, "classes": classes,
-                    "source": source}, path)
+    _store(path, images, labels, classes, source)
     return f"prepared {name} ({split}): {len(labels):,} images from {source}"
 
 
-def _write_tensors(blob: dict, path: Path) -> None:
+def _store(path: Path, images: Tensor, labels: Tensor, classes: list[str], source: str) -> None:
     """Write one prepared set through :func:`helpers.artifacts.write_torch`, with advice about the data root."""
+    blob = {"format": TENSOR_FORMAT, "images": images, "labels": labels, "classes": classes, "source": source}
     try:
         write_torch(blob, path)
     except ArtifactsError as err:

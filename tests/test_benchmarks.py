@@ -41,3 +41,17 @@ def test_only_the_text_between_the_markers_is_replaced() -> None:
     with pytest.raises(SystemExit, match="markers"):
         run_all.replace_section("no markers here", "new")
     assert run_all.BEGIN in (REPO_ROOT / "benchmarks" / "README.md").read_text()
+
+
+def test_the_tpt_grid_reads_settings_and_the_held_onset() -> None:
+    import tpt_grid
+
+    assert tpt_grid.settings("augment=true plain_epochs=12") == {"augment": True, "plain_epochs": 12}
+    assert tpt_grid.settings("") == {}
+    with pytest.raises(SystemExit, match="NAME=VALUE"):
+        tpt_grid.settings("augment true")
+    accs = [0.5, 0.991, 0.98, 0.992, 0.995, 0.999]                 # reaches 99 % at 2, holds it from 4
+    history = [dict(epoch=e, train_acc=a) for e, a in enumerate(accs, 1)]
+    assert tpt_grid.held_onset(history) == 4
+    assert tpt_grid.held_onset(history[:3]) is None                  # lost again at the last epoch
+    assert tpt_grid.held_onset(history[:1]) is None
