@@ -5,8 +5,8 @@ script. A setting is a list of ``NAME=VALUE`` overrides of the ``cpu`` profile, 
 plain_epochs=12``. Each setting is trained first with ``python -m helpers.run --profile cpu -p NAME VALUE ...
 --only 01`` (hours on 2 cores; checkpoints resume); this script then reads its run folder and prints:
 
-- s/epoch: the runner's wall time of notebook 01 (``run.json``) over the number of epochs, and the epochs it
-  took (a resumed run's time covers only the last session);
+- s/epoch: the median over consecutive checkpoints of (time between their writes) / (epochs between them),
+  training and the per-epoch evaluation included; a pause between sessions of a resumed run falls out;
 - the TPT onset: the first epoch from which the training accuracy on unaugmented batches stays ≥ 99 %, and
   whether the terminal phase holds for the last quarter of the epochs (the profile's criterion);
 - the final training and test accuracy;
@@ -21,6 +21,7 @@ plain_epochs=12``. Each setting is trained first with ``python -m helpers.run --
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -52,33 +53,41 @@ def held_onset(history: list[dict[str, float]], accuracy: float = TPT_ACCURACY) 
     return onset
 
 
+def seconds_per_epoch(checkpoints: dict[int, Path]) -> float | None:
+    """Median of (mtime difference) / (epoch difference) over consecutive checkpoints (None with fewer than 2)."""
+    epochs = sorted(checkpoints)
+    rates = [(checkpoints[b].stat().st_mtime - checkpoints[a].stat().st_mtime) / (b - a)
+             for a, b in zip(epochs, epochs[1:], strict=False)]
+    return statistics.median(rates) if rates else None
+
+
 def energy_vs_textures(cfg, last: Path) -> float:
     """AUROC of the Energy score, ID test set against ``dtd10``, under the weights of checkpoint ``last``."""
     splits = data.id_splits(cfg)
     sets = {"test": splits.test, "dtd10": data.load("dtd10", "test", cfg)}
     feats = features.at_checkpoint(cfg, last, splits, sets, torch.device("cpu"))
-    energy = ood.make_score("energy")
-    return metrics.ood_metrics(energy.score(feats["test"].features, feats["test"].logits),
-                               energy.score(feats["dtd10"].features, feats["dtd10"].logits))["auroc"]
+    return metrics.ood_metrics(ood.energy(feats["test"].logits), ood.energy(feats["dtd10"].logits))["auroc"]
 
 
 def row(text: str) -> dict[str, Any]:
-    """The grid row of one setting, from its run folder."""
+    """The grid row of one setting, from its run folder; a run stopped early (a pilot) is read at its last
+    checkpoint and says so."""
     cfg = make_config("cpu", **settings(text))
     paths = artifacts.RunPaths.of(cfg)
-    trained = artifacts.read_json(paths.metrics / "training.json")
     checkpoints = checkpoint.list_checkpoints(paths.checkpoints)
-    if trained is None or max(checkpoints, default=0) < cfg.epochs:
+    if not checkpoints:
         flags = " ".join(f"-p {k} {v}" for k, v in settings(text).items())
-        raise SystemExit(f"error: {text or 'the cpu profile'} is not trained to its end in {paths.root}; run "
+        raise SystemExit(f"error: {text or 'the cpu profile'} has no checkpoint in {paths.root}; run "
                          f"python -m helpers.run --profile cpu {flags} --only 01")
-    history = trained["history"]
-    seconds = (artifacts.read_json(paths.run_json) or {}).get("seconds", {}).get("01_training")
+    last = max(checkpoints)
+    history = checkpoint.load(checkpoints[last])["history"]
     onset = held_onset(history)
-    return dict(setting=text or "no augmentation (the profile)", s_per_epoch=seconds and seconds / cfg.epochs,
-                onset=onset, held=onset is not None and onset <= 0.75 * cfg.epochs + 1,
-                train_acc=history[-1]["train_acc"], test_acc=trained["test_acc"],
-                energy_dtd10=energy_vs_textures(cfg, checkpoints[max(checkpoints)]))
+    name = text or "no augmentation (the profile)"
+    return dict(setting=name if last == cfg.epochs else f"{name} (pilot, read at epoch {last} of {cfg.epochs})",
+                s_per_epoch=seconds_per_epoch(checkpoints), onset=onset,
+                held=last == cfg.epochs and onset is not None and onset <= 0.75 * cfg.epochs + 1,
+                train_acc=history[-1]["train_acc"], test_acc=history[-1]["test_acc"],
+                energy_dtd10=energy_vs_textures(cfg, checkpoints[last]))
 
 
 def main(argv: list[str] | None = None) -> int:

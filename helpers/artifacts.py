@@ -38,40 +38,27 @@ def set_slug(id_dataset: str) -> str:
     return id_dataset.replace("imagefolder:", "").strip("/").replace("/", "_")[-24:]
 
 
+def _inside(name: str) -> property:
+    """A property ``root / name`` of :class:`RunPaths`."""
+    return property(lambda self: self.root / name, doc=f"``<run folder>/{name}``")
+
+
 @dataclass(frozen=True)
 class RunPaths:
     """The folders and files of one configuration's run."""
 
     root: Path
+    checkpoints = _inside("checkpoints")
+    features = _inside("features")
+    metrics = _inside("metrics")
+    figures = _inside("figures")
+    run_json = _inside("run.json")
+    lock = _inside(".lock")
 
     @classmethod
     def of(cls, cfg: Config) -> RunPaths:
         base = Path(cfg.artifacts or os.environ.get("OODNC_ARTIFACTS") or REPO_ROOT / "artifacts")
         return cls(base / f"{cfg.profile}-{set_slug(cfg.id_dataset)}-s{cfg.seed}-{cfg.key()}")
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
-
-    @property
-    def features(self) -> Path:
-        return self.root / "features"
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / "metrics"
-
-    @property
-    def figures(self) -> Path:
-        return self.root / "figures"
-
-    @property
-    def run_json(self) -> Path:
-        return self.root / "run.json"
-
-    @property
-    def lock(self) -> Path:
-        return self.root / ".lock"
 
 
 def snapshot_dir(cfg: Config) -> Path:

@@ -453,13 +453,7 @@ def nc5_centred(
     NECO score. What NECO needs is stronger: each centred OOD feature h - mu_G nearly orthogonal to S
     (eq. eq-neco-need). Small per-feature NECO ratios force a small centred NC5, but not conversely:
     OOD features spread inside S around a mean offset orthogonal to S give 0 here and NECO ratios
-    near 1.
-
-    Args:
-        id_features: ID features h, (N, D).
-        id_labels: ID labels y, (N,).
-        ood_features: OOD features, (N_ood, D), N_ood >= 1.
-        num_classes: K; default max label + 1.
+    near 1. Arguments as for :func:`nc5`.
     """
     means, mu_g, mu_ood = _id_ood_means(id_features, id_labels, ood_features, num_classes)
     return _mean_abs_cos(means - mu_g, mu_ood - mu_g, "mu_G^OOD - mu_G (OOD mean equals the ID global mean)")

@@ -347,8 +347,10 @@ def _kernel_pids(pid: int) -> list[int]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_an_interrupted_runner_keeps_its_checkpoints_and_resumes_bit_identically(tmp_path: Path, sig) -> None:
+def test_an_interrupted_runner_keeps_its_checkpoints_and_resumes_bit_identically(tmp_path: Path) -> None:
+    """SIGTERM (what a scheduler sends) mid-training; SIGINT takes the same path once it is an interrupt, which
+    :func:`test_a_signal_becomes_an_interrupt_and_the_handlers_come_back` checks for both signals."""
+    sig = signal.SIGTERM
     import psutil
 
     from helpers.config import make_config
@@ -386,13 +388,14 @@ def test_an_interrupted_runner_keeps_its_checkpoints_and_resumes_bit_identically
     assert state_dicts_equal(resumed, model.state_dict())
 
 
-def test_sigterm_becomes_an_interrupt_and_the_handlers_come_back() -> None:
-    before = signal.getsignal(signal.SIGTERM)
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_becomes_an_interrupt_and_the_handlers_come_back(sig: signal.Signals) -> None:
+    before = signal.getsignal(sig)
     with pytest.raises(run.Interrupted) as err, run.interrupts_as_exceptions():
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), sig)
         time.sleep(5)
-    assert err.value.signum == signal.SIGTERM and isinstance(err.value, KeyboardInterrupt)
-    assert signal.getsignal(signal.SIGTERM) is before
+    assert err.value.signum == sig and isinstance(err.value, KeyboardInterrupt)
+    assert signal.getsignal(sig) is before
 
 
 def test_what_an_interrupt_keeps_is_said_in_one_line(tmp_path: Path) -> None:

@@ -153,19 +153,19 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------------------------ several seeds
 @pytest.mark.slow
-def test_three_seeds_give_mean_and_std_in_the_results(tmp_path: Path) -> None:
+def test_several_seeds_give_mean_and_std_in_the_results(tmp_path: Path) -> None:
     """The series runs once per seed; the Results chapter then reports mean ± std across the seeds."""
     from helpers import config, results
 
-    result = _runner(tmp_path, "--seeds", "0", "1", "2", "--only", "01", "02", "--no-book")
+    result = _runner(tmp_path, "--seeds", "0", "1", "--only", "01", "02", "--no-book")
     assert result.returncode == 0, result.stderr[-2000:]
     overrides = dict(num_classes=5, per_class=8, width=4, epochs=2, checkpoint_every=1, batch_size=8,
                      artifacts=str(tmp_path / "artifacts"))
-    cfgs = [config.make_config("smoke", seed=s, **overrides) for s in (0, 1, 2)]
+    cfgs = [config.make_config("smoke", seed=s, **overrides) for s in (0, 1)]
     aurocs = {json.loads((c.run_dir() / "metrics" / "ood.json").read_text())["average"]["msp"]["auroc"] for c in cfgs}
-    assert len(aurocs) == 3                                            # three different trainings
+    assert len(aurocs) == 2                                            # two different trainings
     md = results.results_markdown(cfgs)
-    assert "seeds 0, 1, 2" in md
-    assert "mean ± std over 3 seeds" in md
+    assert "seeds 0, 1" in md
+    assert "mean ± std over 2 seeds" in md
     msp_row = next(line for line in md.splitlines() if line.startswith("| `msp` |"))
     assert msp_row.count("±") == 6                     # 3 synthetic OOD sets, the average, the near and far means
