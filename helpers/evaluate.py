@@ -108,10 +108,12 @@ def evaluate(folder: Path, ood_names: list[str], seed: int | None = None, n_boot
 def table(results: protocol.Results, keys: tuple[str, ...] = ("auroc", "fpr95")) -> str:
     """Plain-text table: per OOD set, one line per score with each metric of ``keys`` (%) and its interval."""
     names = {"auroc": "AUROC", "fpr95": "FPR95", "aupr_in": "AUPR-In", "aupr_out": "AUPR-Out"}
-    lines = []
-    for name, per_score in protocol.by_set(results).items():
-        lines += [f"{name}", f"  {'score':<12} " + " ".join(f"{names[k] + ' % [95 % CI]':<22}" for k in keys)]
-        lines += [f"  {s:<12} " + " ".join(f"{protocol.interval(m, k):<22}" for k in keys)
+    lines, sets = [], protocol.by_set(results)
+    w = max(len("score"), *(len(s) for per_score in sets.values() for s in per_score))    # the widest score name
+    for name, per_score in sets.items():
+        header = f"  {'score':<{w}} " + " ".join(f"{names[k] + ' % [95 % CI]':<22}" for k in keys)
+        lines += [name, header.rstrip()]
+        lines += [f"  {s:<{w}} " + " ".join(f"{protocol.interval(m, k):<22}" for k in keys).rstrip()
                   for s, m in per_score.items()]
     return "\n".join(lines)
 

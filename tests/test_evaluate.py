@@ -143,3 +143,12 @@ def test_model_route_on_a_checkpoint_matches_notebook_02(snapshot, tmp_path, cap
     assert got["nc5"]["synthetic-digits"]["nc5"] == round(
         collapse.nc5(feats["train"].features, feats["train"].labels, feats["synthetic-digits"].features), 6)
     assert got["mean"] == pytest.approx(splits.mean.tolist()) and got["sizes"]["test"] == len(splits.test)
+
+
+def test_the_printed_table_keeps_its_columns_for_long_score_names() -> None:
+    m = {k: v for key in ("auroc", "fpr95") for k, v in ((key, 0.7), (f"{key}_low", 0.6), (f"{key}_high", 0.8))}
+    lines = evaluate.table({"msp": {"dtd10": m}, "neco_maxlogit": {"dtd10": m}}).splitlines()
+    assert lines[0] == "dtd10"
+    starts = {line.index(word) for line, word in zip(lines[1:], ["AUROC", "70.0", "70.0"], strict=True)}
+    assert len(starts) == 1, lines                          # the AUROC column starts at one offset on every line
+    assert all(line == line.rstrip() for line in lines)
