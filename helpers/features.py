@@ -198,8 +198,9 @@ def at_checkpoint(cfg: Config, checkpoint: Path, splits: Splits, sets: dict[str,
                   blocks: bool = False, precision: str = "fp32") -> dict[str, Features]:
     """Features of every set in ``sets`` under the weights of ``checkpoint``, through the on-disk cache.
 
-    Each (checkpoint, set, precision) passes through the network once; the model is loaded only on a miss, so
-    a warm call never touches the network. Block outputs are computed and stored only when ``blocks`` is set.
+    Each (checkpoint, set, precision) passes through the network once, with a progress bar (in the terminal
+    only, under the runner); the model is loaded only on a miss, so a warm call never touches the network.
+    Block outputs are computed and stored only when ``blocks`` is set.
     """
     cache_dir = RunPaths.of(cfg).features
     amp = Precision.for_device(device, precision).name
@@ -210,6 +211,7 @@ def at_checkpoint(cfg: Config, checkpoint: Path, splits: Splits, sets: dict[str,
         if out[name] is None:
             if model is None:
                 model = _load_model(checkpoint, device)
-            f = extract(model, ds, splits.mean, splits.std, device, cfg.eval_batch_size, blocks, precision=precision)
+            f = extract(model, ds, splits.mean, splits.std, device, cfg.eval_batch_size, blocks, progress=True,
+                        precision=precision)
             out[name] = write_cache(path, f)
     return out

@@ -4,6 +4,7 @@ named and kept, papermill alone refuses unknown parameters, and the same seed gi
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -159,6 +160,7 @@ def test_several_seeds_give_mean_and_std_in_the_results(tmp_path: Path) -> None:
 
     result = _runner(tmp_path, "--seeds", "0", "1", "--only", "01", "02", "--no-book")
     assert result.returncode == 0, result.stderr[-2000:]
+    assert re.search(r"features \S+: +100%", result.stderr), result.stderr[-2000:]   # notebook 02's passes, live
     overrides = dict(num_classes=5, per_class=8, width=4, epochs=2, checkpoint_every=1, batch_size=8,
                      artifacts=str(tmp_path / "artifacts"))
     cfgs = [config.make_config("smoke", seed=s, **overrides) for s in (0, 1)]
