@@ -34,6 +34,7 @@ SCRIPTS = {
     "train": ("bench_train.py", []),
     "cpu_limit": ("bench_cpu_limit.py", []),
     "scores": ("bench_scores.py", []),
+    "eval_batch": ("bench_eval_batch.py", []),
     "bootstrap": ("bench_bootstrap.py", []),
     "memory": ("bench_memory.py", []),
     "notebooks": ("bench_notebooks.py", []),

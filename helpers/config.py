@@ -58,7 +58,7 @@ class Config:
     precision: str = "auto"                  # auto (CUDA: bf16 from capability 8.0, else fp16; CPU: fp32) | ...
     deterministic: bool = False              # CUDA: deterministic algorithms, no cuDNN autotuning (slower)
     skip_bad_images: bool = False            # image folders: skip unreadable images with a warning, not stop
-    eval_batch_size: int = 512
+    eval_batch_size: int = 0                 # 0 = auto: 128 images on a CPU, 512 on a GPU (device.eval_batch)
     artifacts: str = ""                      # "" = $OODNC_ARTIFACTS or <repo>/artifacts
     extra_ood: tuple[str, ...] = field(default=())  # more OOD sets, e.g. ("imagefolder:/data/x",)
 
@@ -152,10 +152,12 @@ def make_config(profile: str = "auto", **overrides: Any) -> Config:
 
 
 def _validate(cfg: Config) -> None:
-    positive = ("epochs", "batch_size", "width", "checkpoint_every", "eval_batch_size", "num_classes", "per_class")
+    positive = ("epochs", "batch_size", "width", "checkpoint_every", "num_classes", "per_class")
     for k in positive:
         if getattr(cfg, k) <= 0:
             raise ValueError(f"parameter {k!r} must be positive, got {getattr(cfg, k)}.")
+    if cfg.eval_batch_size < 0:
+        raise ValueError(f"parameter 'eval_batch_size' must be 0 (auto) or positive, got {cfg.eval_batch_size}.")
     if not 0.0 <= cfg.val_fraction < 0.5:
         raise ValueError(f"val_fraction must lie in [0, 0.5), got {cfg.val_fraction}.")
     if cfg.lr <= 0:

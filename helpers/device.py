@@ -41,6 +41,19 @@ def resolve_device(cfg: Config) -> torch.device:
     return device
 
 
+EVAL_BATCH = {"cpu": 128, "cuda": 512}     # images per inference batch when cfg.eval_batch_size is 0 (auto)
+
+
+def eval_batch(cfg: Config, device: torch.device) -> int:
+    """Images per inference batch: ``cfg.eval_batch_size``, or for 0 (auto) :data:`EVAL_BATCH` of the device.
+
+    On this project's 2-core CPU a batch of 512 runs 1.6-1.8x slower than 128 (the activations leave the
+    cache; ``benchmarks/bench_eval_batch.py``), and eval-mode outputs do not depend on the batch size there
+    (bit-identical logits, checked by the same script).
+    """
+    return cfg.eval_batch_size or EVAL_BATCH.get(device.type, EVAL_BATCH["cuda"])
+
+
 def device_name(device: torch.device) -> str:
     """Human name of the chosen device (the chosen GPU's own name, not GPU 0's)."""
     if device.type == "cuda":

@@ -39,6 +39,7 @@ from torch import Tensor
 from . import collapse, data, features, metrics, own_model, plots, protocol
 from .artifacts import ArtifactsError, read_json, write_json
 from .config import Config, make_config
+from .device import eval_batch
 from .model import ResNet18, build_model
 from .stats import class_means
 
@@ -67,8 +68,9 @@ def snapshot_config(folder: Path, seed: int | None = None, data_root: str = "") 
     seed = seeds[0] if seed is None else seed
     if seed not in seeds:
         raise SnapshotError(f"{folder} has no weights for seed {seed}; it has seeds {seeds}.")
-    fields = {k: v for k, v in info["config"].items() if k != "profile"}
-    return make_config(info["profile"], **{**fields, "seed": seed, "artifacts": "", "data_root": data_root})
+    fields = {k: v for k, v in info["config"].items() if k != "profile"}       # where and how fast: this machine's
+    return make_config(info["profile"], **{**fields, "seed": seed, "artifacts": "", "data_root": data_root,
+                                           "eval_batch_size": 0})
 
 
 def load_network(folder: Path, cfg: Config, device: torch.device) -> ResNet18:
@@ -99,7 +101,7 @@ def evaluate(folder: Path, ood_names: list[str], seed: int | None = None, n_boot
     splits, sets = load_sets(cfg, names)
     dev = torch.device(device)
     model = load_network(folder, cfg, dev)
-    feats = {k: features.extract(model, ds, splits.mean, splits.std, dev, cfg.eval_batch_size, progress=True)
+    feats = {k: features.extract(model, ds, splits.mean, splits.std, dev, eval_batch(cfg, dev), progress=True)
              for k, ds in sets.items()}
     W, b = model.fc.weight.detach().cpu(), model.fc.bias.detach().cpu()      # (K, D), (K,)
     return protocol.detect(feats, W, b, list(names), cfg.val_ood_dataset, n_boot=n_boot, seed=cfg.seed)
@@ -221,8 +223,8 @@ def _features(run: ModelRun, cfg: Config, loaded: own_model.Loaded, device: torc
     check_classes(splits, head.shape[0])
     mean = splits.mean if run.mean is None else torch.tensor(run.mean)
     std = splits.std if run.std is None else torch.tensor(run.std)
-    feats = own_model.extract_all(loaded.model, head, sets, mean, std, device, run.batch_size or cfg.eval_batch_size,
-                                  run.image_size)
+    batch = run.batch_size or eval_batch(cfg, device)
+    feats = own_model.extract_all(loaded.model, head, sets, mean, std, device, batch, run.image_size)
     return head, splits, feats, mean, std
 
 

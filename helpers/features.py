@@ -26,7 +26,7 @@ from .checkpoint import digest as checkpoint_digest
 from .checkpoint import load as load_checkpoint
 from .config import Config
 from .data import ImageSet, Splits, normalize
-from .device import Precision
+from .device import Precision, eval_batch
 from .model import build_model
 from .progress import progress_bar as tqdm
 
@@ -211,7 +211,7 @@ def at_checkpoint(cfg: Config, checkpoint: Path, splits: Splits, sets: dict[str,
         if out[name] is None:
             if model is None:
                 model = _load_model(checkpoint, device)
-            f = extract(model, ds, splits.mean, splits.std, device, cfg.eval_batch_size, blocks, progress=True,
+            f = extract(model, ds, splits.mean, splits.std, device, eval_batch(cfg, device), blocks, progress=True,
                         precision=precision)
             out[name] = write_cache(path, f)
     return out

@@ -20,6 +20,7 @@ from .artifacts import RunPaths, atomic_write, read_json, snapshot_dir, write_js
 from .config import REPO_ROOT, Config
 from .ood import SCORES
 from .report import load_metrics
+from .stats import spearman
 
 NAMES = ("training", "ood", "collapse", "nc5", "layers")
 WEIGHTS = "weights-seed-{seed}.pt"          # read back by helpers.evaluate
@@ -124,12 +125,6 @@ def ood_table(runs: list[dict[str, Any]], metric: str = "auroc") -> list[str]:
     return _table(["score"] + sets + ["average"] + [f"{g} mean" for g in groups], rows)
 
 
-def _spearman(a: list[float], b: list[float]) -> float:
-    from scipy.stats import spearmanr
-
-    return float(spearmanr(a, b).statistic)
-
-
 def _our_columns(runs: list[dict[str, Any]], scores: dict, by_group: bool) -> tuple[list[tuple[str, str]], dict]:
     """(our column, their column) pairs and our mean AUROC per column and score: near/far group means for
     OpenOOD (``by_group``), else the OOD sets the publication also reports."""
@@ -167,7 +162,7 @@ def comparison_lines(runs: list[dict[str, Any]]) -> list[str]:
         common = [s for s in common if all(theirs[g][s] is not None for g, _ in pairs)]
         rows = [[f"`{s}`"] + [c for g, _ in pairs for c in (f"{100 * ours[g][s]:.1f}", f"{theirs[g][s]:.2f}")]
                 for s in common]
-        rho = [f"{g} ρ = {_spearman([ours[g][s] for s in common], [theirs[g][s] for s in common]):.2f}"
+        rho = [f"{g} ρ = {spearman([ours[g][s] for s in common], [theirs[g][s] for s in common])[0]:.2f}"
                for g, _ in pairs]
         out += [f"**Beside {name}** (AUROC %, ID `{id_set}`; {entry['setup']['architecture']}, "
                 f"{entry['setup']['training']}; their ID test accuracy {entry['setup']['id_test_accuracy_percent']} "
@@ -267,7 +262,7 @@ def _section(title: str, folder_runs: list[Path], figures: Path | None, fig_pref
 def nc1_trend(collapse: dict[str, Any]) -> float:
     """Spearman rank correlation between epoch and NC1 over the saved checkpoints."""
     rows = collapse["trajectory"]
-    return _spearman([r["epoch"] for r in rows], [r["nc1"] for r in rows])
+    return spearman([r["epoch"] for r in rows], [r["nc1"] for r in rows])[0]
 
 
 COLLAPSE_KEYS = ("nc1", "cdnv", "nc2_equinorm", "nc2_equiangular", "nc2_equinorm_w", "nc2_equiangular_w", "nc3",

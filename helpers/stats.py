@@ -158,3 +158,12 @@ class ClassStats:
         """Per-class variance sigma_c^2 = Q_c / n_c, (K,) (used by CDNV); raises on an empty class."""
         _check_counts(self.counts)
         return self.sq_dev / self.counts
+
+
+def spearman(x: ArrayLike | list[float], y: ArrayLike | list[float]) -> tuple[float, float]:
+    """Spearman's rank correlation rho = Pearson correlation of the ranks, and its two-sided p-value
+    (``scipy.stats.spearmanr``; scipy is imported only here, as it takes a second to load)."""
+    from scipy.stats import spearmanr
+
+    result = spearmanr(np.asarray(x, dtype=float), np.asarray(y, dtype=float))
+    return float(result.statistic), float(result.pvalue)

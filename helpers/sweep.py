@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.stats import spearmanr
 from torch import Tensor
 
 from . import checkpoint as ckpt
@@ -31,8 +30,9 @@ from . import collapse, data, features, protocol, train
 from .artifacts import RunPaths
 from .config import Config
 from .data import ImageSet, Splits
+from .device import eval_batch
 from .model import ResNet18
-from .stats import ClassStats, as_tensor, class_means
+from .stats import ClassStats, as_tensor, class_means, spearman
 
 LAYER_KEYS = ("nc1", "cdnv", "nc2_equinorm", "nc2_equiangular")
 Row = dict[str, Any]
@@ -229,7 +229,7 @@ def nc5_correlations(rows: list[Row], score: str = "auroc") -> dict[str, dict[st
             if len(sub) >= 3 and np.ptp(x) > 0 and np.ptp(y) > 0:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    rho, p = (float(v) for v in spearmanr(x, y))
+                    rho, p = spearman(x, y)
             out[name] |= {f"{key}_rho": rho, f"{key}_p": p}
     return out
 
@@ -349,14 +349,14 @@ def layers_at(cfg: Config, path: Path, splits: Splits, device: torch.device) -> 
     """
     def measure() -> list[Row]:
         model = train.load_model(path, cfg, splits.num_classes, device)
-        batches = partial(pooled_batches, model, splits=splits, device=device, batch_size=cfg.eval_batch_size)
+        batches = partial(pooled_batches, model, splits=splits, device=device, batch_size=eval_batch(cfg, device))
         stats = block_stats(batches(splits.train), splits.num_classes)
         means = [s.means() for s in stats]                               # (K, C_l) each
         on_train, on_test = ncc_accuracy(batches(splits.train), means), ncc_accuracy(batches(splits.test), means)
         return [_layer_row(i, *args) for i, args in enumerate(zip(stats, on_train, on_test, strict=True), start=1)]
 
     cache = features.measurement_path(RunPaths.of(cfg).features, path, "layers", [splits.train, splits.test],
-                                      splits.mean, splits.std, f"batch {cfg.eval_batch_size}|{device.type}")
+                                      splits.mean, splits.std, f"batch {eval_batch(cfg, device)}|{device.type}")
     return features.cached_measurement(cache, measure)
 
 

@@ -27,7 +27,7 @@ from . import artifacts
 from . import checkpoint as ckpt
 from .config import Config, resolve_device
 from .data import ImageSet, Splits, crop_flip, crop_flip_params, id_splits, normalize
-from .device import Precision, configure_backends, training_line
+from .device import Precision, configure_backends, eval_batch, training_line
 from .features import extract
 from .model import ResNet18, build_model
 from .progress import progress_bar as tqdm
@@ -230,8 +230,9 @@ def _epoch(run: _Fit, epoch: int, history: list[dict[str, float]]) -> dict[str, 
     check_divergence(epoch, train_loss, history[0]["train_loss"] if history else None, lr, run.num_classes)
     run.sched.step()
     precision = run.amp.name if device.type == "cuda" else "fp32"       # the CPU evaluates in float32, as always
-    val_loss, val_acc = evaluate(run.model, data.val, data.stats, device, cfg.eval_batch_size, precision)
-    test_loss, test_acc = evaluate(run.model, data.test, data.stats, device, cfg.eval_batch_size, precision)
+    batch = eval_batch(cfg, device)
+    val_loss, val_acc = evaluate(run.model, data.val, data.stats, device, batch, precision)
+    test_loss, test_acc = evaluate(run.model, data.test, data.stats, device, batch, precision)
     return dict(epoch=epoch, lr=lr, train_loss=train_loss, train_acc=train_acc, val_loss=val_loss,
                 val_acc=val_acc, test_loss=test_loss, test_acc=test_acc)
 

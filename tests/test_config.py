@@ -94,6 +94,7 @@ def test_values_are_coerced_to_the_field_type() -> None:
     ("epochs", 0, "'epochs' must be positive"), ("batch_size", -8, "'batch_size' must be positive"),
     ("width", 0, "'width' must be positive"), ("val_fraction", 0.5, "val_fraction must lie in"),
     ("val_fraction", -0.1, "val_fraction must lie in"), ("lr", 0.0, "lr must be positive"),
+    ("eval_batch_size", -1, "'eval_batch_size' must be 0 \\(auto\\) or positive"),
 ])
 def test_out_of_range_values_are_rejected(name: str, value: object, message: str) -> None:
     with pytest.raises(ValueError, match=message):

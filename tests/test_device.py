@@ -213,3 +213,29 @@ def test_bench_gpu_exits_at_once_without_cuda(bench_gpu, monkeypatch: pytest.Mon
     assert not nodes(tmp_path)                                                 # the control node is not a GPU
     (tmp_path / "nvidia0").touch()
     assert nodes(tmp_path)
+
+
+def test_the_inference_batch_is_the_devices_unless_one_is_given() -> None:
+    smoke = config.make_config("smoke")
+    assert smoke.eval_batch_size == 0                                      # auto
+    assert device.eval_batch(smoke, torch.device("cpu")) == 128
+    assert device.eval_batch(smoke, torch.device("cuda", 1)) == 512
+    given = config.make_config("smoke", eval_batch_size=64)
+    assert device.eval_batch(given, torch.device("cpu")) == device.eval_batch(given, torch.device("cuda")) == 64
+
+
+def test_cpu_features_do_not_depend_on_the_inference_batch() -> None:
+    """The CPU default changed from 512 to 128 images a batch; the features and logits stay bit for bit."""
+    from helpers.data import ImageSet
+    from helpers.features import extract
+    from helpers.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model(10, 4)
+    ds = ImageSet("x", torch.randint(0, 256, (600, 3, 32, 32), dtype=torch.uint8), torch.zeros(600, dtype=torch.long),
+                  ["0"])
+    mean, std, cpu = torch.full((3,), 0.5), torch.full((3,), 0.25), torch.device("cpu")
+    ref = extract(model, ds, mean, std, cpu, 512)
+    for batch in (128, 7):
+        f = extract(model, ds, mean, std, cpu, batch)
+        assert torch.equal(f.logits, ref.logits) and torch.equal(f.features, ref.features), batch
