@@ -21,6 +21,7 @@ import torch
 
 from helpers import artifacts, data, evaluate, results, train
 from helpers.config import REPO_ROOT
+from helpers.device import eval_batch
 from helpers.ood import SCORES
 
 SNAPSHOTS = sorted(p.parent for p in artifacts.RESULTS.glob("*/run.json"))
@@ -107,8 +108,9 @@ def test_headline_weights_reproduce_the_recorded_test_accuracy() -> None:
     except data.DataNotFoundError as e:
         pytest.skip(f"ID data not available here: {e}")
     splits = data.id_splits(cfg)
-    model = evaluate.load_network(HEADLINE, cfg, torch.device("cpu"))
-    _, acc = train.evaluate(model, splits.test, (splits.mean, splits.std), torch.device("cpu"), 512)
+    cpu = torch.device("cpu")
+    model = evaluate.load_network(HEADLINE, cfg, cpu)
+    _, acc = train.evaluate(model, splits.test, (splits.mean, splits.std), cpu, eval_batch(cfg, cpu))
     recorded = artifacts.read_json(HEADLINE / "metrics" / f"seed-{cfg.seed}" / "training.json")["test_acc"]
     assert acc == pytest.approx(recorded, abs=2e-4)
 
