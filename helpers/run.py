@@ -302,7 +302,7 @@ def write_run_json(cfg: Config, times: dict[str, float]) -> Path:
     info = dict(profile=cfg.profile, config=cfg.to_dict(), commit=git_commit(),
                 date=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
                 machine=dict(platform=platform.platform(), processor=platform.machine(), cpus=os.cpu_count(),
-                             torch=torch.__version__,
+                             threads=torch.get_num_threads(), torch=torch.__version__,   # CPU sums depend on it
                              gpu=device_name(resolve_device(cfg)) if torch.cuda.is_available() else None),
                 seconds={**old.get("seconds", {}), **times})
     return write_json(path, info)
