@@ -1,11 +1,12 @@
-"""Several seeds at once: one child process per seed, each seeing only its own GPU.
+"""Several seeds at once: one child process per seed, each seeing only its own GPU (or, on the CPU, none).
 
 ``python -m helpers.run --seeds 0 1 2`` on a machine with G ≥ 2 visible GPUs plans seed i onto GPU i mod G
 (round robin, in the order given); each GPU runs its seeds one after another, the GPUs side by side. A child
 gets ``CUDA_VISIBLE_DEVICES`` set to its one GPU, so inside it that GPU is ``cuda:0`` and nothing else is
 visible, and an even share of the CPU threads. With fewer than two GPUs the seeds run in sequence in the
-parent, as before. A failing seed does not stop the others; when all have ended, the failures are reported
-in one line.
+parent, unless ``--jobs N`` asks for N CPU slots (:func:`cpu_slots`): then N seeds run side by side on the CPU,
+each child with no GPU visible and ``cpus / N`` threads. A failing seed does not stop the others; when all
+have ended, the failures are reported in one line.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 VISIBLE = "CUDA_VISIBLE_DEVICES"
+CPU = "cpu:"          # a CPU slot's prefix: ``cpu:0``, ``cpu:1``, ... (children that see no GPU)
 
 
 class SeedsFailedError(RuntimeError):
@@ -51,6 +53,20 @@ def in_parallel(seeds: Sequence[int], gpus: Sequence[str], device: str = "auto")
     return len(seeds) > 1 and len(gpus) > 1 and device in ("auto", "cuda")
 
 
+def cpu_slots(jobs: int) -> list[str]:
+    """``jobs`` CPU slots for seeds side by side on the CPU (``--jobs``): each child sees no GPU and gets
+    ``cpus / jobs`` threads. On 2 cores two one-thread trainings do 1.2x the work of one two-thread training
+    (2026-12-03: 2 x 186 vs 305 images/s at width 16), and the numbers are those of a one-thread run."""
+    if jobs < 1:
+        raise ValueError(f"--jobs must be at least 1, got {jobs}.")
+    return [f"{CPU}{i}" for i in range(jobs)]
+
+
+def label(slot: str) -> str:
+    """``GPU 1`` or ``CPU share 0``: how messages name a slot."""
+    return f"CPU share {slot.removeprefix(CPU)}" if slot.startswith(CPU) else f"GPU {slot}"
+
+
 def plan(seeds: Sequence[int], gpus: Sequence[str]) -> list[Assignment]:
     """Seed i of ``seeds`` (in order) on ``gpus[i mod G]``; each GPU runs its seeds in the order given."""
     if not gpus:
@@ -61,10 +77,10 @@ def plan(seeds: Sequence[int], gpus: Sequence[str]) -> list[Assignment]:
 
 
 def child_env(environ: Mapping[str, str], gpu: str, parallel: int, cpus: int | None = None) -> dict[str, str]:
-    """The environment of one child: only ``gpu`` visible, ``cpus / parallel`` threads unless set already, and
-    unbuffered output, so that its lines reach the parent as they are printed."""
+    """The environment of one child: only ``gpu`` visible (none for a CPU slot), ``cpus / parallel`` threads
+    unless set already, and unbuffered output, so that its lines reach the parent as they are printed."""
     threads = str(max(1, (cpus or os.cpu_count() or 1) // max(1, parallel)))
-    env = {**environ, VISIBLE: gpu, "PYTHONUNBUFFERED": "1"}
+    env = {**environ, VISIBLE: "" if gpu.startswith(CPU) else gpu, "PYTHONUNBUFFERED": "1"}
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         env.setdefault(name, threads)
     return env
@@ -90,7 +106,7 @@ def _start(job: Assignment, command: list[str], env: dict[str, str], echo: Calla
             line = line.rstrip("\n")
             tail[:] = [*tail[-19:], line] if line.strip() else tail
             with lock:
-                echo(f"[seed {job.seed}, GPU {job.gpu}] {line}")
+                echo(f"[seed {job.seed}, {label(job.gpu)}] {line}")
 
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()
@@ -137,7 +153,7 @@ def _report(jobs: Sequence[Assignment], codes: dict[int, int], tails: dict[int, 
     if not failed:
         return
     done = [str(job.seed) for job in jobs if codes.get(job.seed) == 0]
-    what = "; ".join(f"seed {j.seed} (GPU {j.gpu}) exited with {codes.get(j.seed)}: "
+    what = "; ".join(f"seed {j.seed} ({label(j.gpu)}) exited with {codes.get(j.seed)}: "
                      f"{(tails.get(j.seed) or ['no output'])[-1].strip()[:200]}" for j in failed)
     kept = f"seeds {', '.join(done)} finished and are kept" if done else "no seed finished"
     raise SeedsFailedError(f"{what}; {kept}; rerun the failed seeds with --seeds (finished work is reused).")

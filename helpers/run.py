@@ -1,6 +1,7 @@
 """Execute the notebooks with papermill, then build the book from the executed copies.
 
     python -m helpers.run --profile smoke [-p NAME VALUE ...] [--only 01 02] [--no-book] [--seeds 0 1 2]
+                          [--jobs 2]
 
 ``-p NAME VALUE`` is papermill's spelling: every override goes to every notebook's ``parameters`` cell
 (values are read as YAML, so ``-p epochs 3`` is an int and ``-p augment true`` a bool). A failing notebook
@@ -189,12 +190,13 @@ def build_book(stage: Path) -> Path:
 
 def run(profile: str, overrides: dict[str, Any], only: list[str] | None = None, book: bool = True,
         out: Path | None = None, seeds: list[int] | None = None, snapshot: bool | None = None,
-        wait_for_lock: bool = False) -> Path:
+        wait_for_lock: bool = False, jobs: int = 1) -> Path:
     """Execute the notebooks in order, once per seed, then build the book; returns the output folder.
 
     ``snapshot`` (default: on for every profile but ``smoke``) refreshes ``results/<profile>-<id set>/`` from
     the runs, so that the book shows them. Each seed's run folder is locked for the whole run
-    (``wait_for_lock``: queue behind another run instead of stopping).
+    (``wait_for_lock``: queue behind another run instead of stopping). Seeds run side by side on several GPUs,
+    or with ``jobs`` > 1 on the CPU (:mod:`helpers.parallel`).
     """
     name, reason = choose_profile(profile)
     if "profile" in overrides:
@@ -212,10 +214,12 @@ def run(profile: str, overrides: dict[str, Any], only: list[str] | None = None, 
     with contextlib.ExitStack() as locks:
         for cfg in cfgs:
             locks.enter_context(_locked(RunPaths.of(cfg), wait_for_lock))
-        gpus = parallel.visible_gpus()
-        if parallel.in_parallel(seeds, gpus, str(overrides.get("device", "auto"))):
-            print(f"profile {name} ({reason}): seeds {seeds} in parallel on GPUs {', '.join(gpus)}", flush=True)
-            parallel.run_children(parallel.plan(seeds, gpus), lambda s: _child_command(name, s, overrides, only, out))
+        slots = _slots(cfgs[0], seeds, str(overrides.get("device", "auto")), jobs)
+        if slots:
+            where = ", ".join(parallel.label(s) for s in slots)
+            print(f"profile {name} ({reason}): seeds {seeds} in parallel on {where}", flush=True)
+            parallel.run_children(parallel.plan(seeds, slots), lambda s: _child_command(name, s, overrides, only, out,
+                                                                                        slots[0]))
             shutil.rmtree(out / "executed", ignore_errors=True)
             shutil.copytree(out / f"seed-{seeds[-1]}" / "executed", out / "executed")
         else:
@@ -227,11 +231,25 @@ def run(profile: str, overrides: dict[str, Any], only: list[str] | None = None, 
     return out
 
 
-def _child_command(profile: str, seed: int, overrides: dict[str, Any], only: list[str] | None, out: Path) -> list[str]:
-    """One seed's series as a child runner (on the one GPU it sees), without book or snapshot."""
+def _slots(cfg: Config, seeds: list[int], device: str, jobs: int) -> list[str]:
+    """Where the seeds run side by side: ``jobs`` CPU slots, the visible GPUs, or nowhere (in sequence here)."""
+    cpu = parallel.cpu_slots(min(jobs, len(seeds)))                     # checks jobs >= 1
+    if jobs > 1 and resolve_device(cfg).type != "cpu":
+        raise ValueError(f"--jobs {jobs} runs seeds side by side on the CPU, but this run uses {resolve_device(cfg)} "
+                         "(several GPUs take a seed each by themselves); drop --jobs or add -p device cpu.")
+    if len(cpu) > 1:
+        return cpu
+    gpus = parallel.visible_gpus()
+    return gpus if parallel.in_parallel(seeds, gpus, device) else []
+
+
+def _child_command(profile: str, seed: int, overrides: dict[str, Any], only: list[str] | None, out: Path,
+                   slot: str) -> list[str]:
+    """One seed's series as a child runner (on the one GPU it sees, or on the CPU), without book or snapshot."""
     cmd = [sys.executable, "-m", "helpers.run", "--profile", profile, "--seeds", str(seed), "--no-book",
            "--no-snapshot", "--out", str(out / f"seed-{seed}")] + (["--only", *only] if only else [])
-    for key, value in {**overrides, "device": "cuda"}.items():
+    device = "cpu" if slot.startswith(parallel.CPU) else "cuda"
+    for key, value in {**overrides, "device": device}.items():
         cmd += ["-p", key, json.dumps(value)]
     return cmd
 
@@ -317,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", help="run only these notebooks (by prefix, e.g. 01 02); no book")
     parser.add_argument("--no-book", action="store_true", help="execute the notebooks but do not build the book")
     parser.add_argument("--seeds", nargs="+", type=int, help="run the whole series once per seed")
+    parser.add_argument("--jobs", type=int, default=1, metavar="N",
+                        help="CPU: run N seeds side by side, each with 1/N of the cores (default 1: in sequence)")
     parser.add_argument("--out", type=Path, help="output folder (default: _build/<profile>)")
     parser.add_argument("--snapshot", action=argparse.BooleanOptionalAction, default=None,
                         help="refresh results/<profile>-<id set>/ (default: on except for the smoke profile)")
@@ -326,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with interrupts_as_exceptions():
             run(args.profile, parse_overrides(args.parameters), args.only, book=not args.no_book, out=args.out,
-                seeds=args.seeds, snapshot=args.snapshot, wait_for_lock=args.wait_for_lock)
+                seeds=args.seeds, snapshot=args.snapshot, wait_for_lock=args.wait_for_lock, jobs=args.jobs)
     except (ValueError, RunError, FileNotFoundError, ArtifactsError, parallel.SeedsFailedError) as err:
         lead = "\n" if isinstance(err, NotebookFailed) else ""      # after a progress bar's last \r
         print(f"{lead}error: {err}", file=sys.stderr)

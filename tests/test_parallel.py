@@ -119,3 +119,28 @@ def test_failures_are_reported_in_one_line_after_all_seeds_ended() -> None:
     assert "\n" not in msg
     assert msg == ("seed 2 (GPU 1) exited with 2: Boom: no data; seed 5 (GPU 0) exited with 5: Boom: no data; "
                    "seeds 0 finished and are kept; rerun the failed seeds with --seeds (finished work is reused).")
+
+
+def test_cpu_slots_hide_the_gpus_and_share_the_cores() -> None:
+    assert parallel.cpu_slots(2) == ["cpu:0", "cpu:1"]
+    with pytest.raises(ValueError, match="--jobs must be at least 1, got 0"):
+        parallel.cpu_slots(0)
+    env = parallel.child_env({"CUDA_VISIBLE_DEVICES": "0,1"}, "cpu:1", parallel=2, cpus=2)
+    assert env["CUDA_VISIBLE_DEVICES"] == "" and env["OMP_NUM_THREADS"] == "1"
+    assert [parallel.label(s) for s in ("cpu:1", "3")] == ["CPU share 1", "GPU 3"]
+
+
+def test_the_runner_uses_cpu_slots_only_when_asked_and_on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    from helpers import config, run
+
+    cfg = config.make_config("smoke", device="cpu")
+    monkeypatch.setattr(parallel, "visible_gpus", lambda: [])
+    assert run._slots(cfg, [0, 1, 2], "cpu", jobs=2) == ["cpu:0", "cpu:1"]
+    assert run._slots(cfg, [0, 1], "cpu", jobs=4) == ["cpu:0", "cpu:1"]         # no more slots than seeds
+    assert run._slots(cfg, [0, 1], "cpu", jobs=1) == []                         # in sequence
+    assert run._slots(cfg, [0], "cpu", jobs=2) == []
+    monkeypatch.setattr(parallel, "visible_gpus", lambda: ["0", "1"])
+    assert run._slots(cfg, [0, 1], "auto", jobs=1) == ["0", "1"]                # two GPUs: a seed each
+    monkeypatch.setattr(run, "resolve_device", lambda cfg: torch.device("cuda"))
+    with pytest.raises(ValueError, match=r"--jobs 2 runs seeds side by side on the CPU, but this run uses cuda"):
+        run._slots(cfg, [0, 1], "auto", jobs=2)

@@ -137,14 +137,18 @@ def test_papermill_alone_rejects_an_unknown_parameter(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------ several seeds
 @pytest.mark.slow
 def test_several_seeds_give_mean_and_std_in_the_results(tmp_path: Path) -> None:
-    """The series runs once per seed (here notebook 02 alone, which trains what notebook 01 would); the Results
-    chapter then reports mean ± std across the seeds. The runner's kernels train bit for bit as this process
-    does with the same seed (determinism across processes), and the other seed trains differently."""
+    """The series runs once per seed (here notebook 02 alone, which trains what notebook 01 would), the two
+    seeds side by side on the CPU (``--jobs 2``); the Results chapter then reports mean ± std across the seeds.
+    The runner's kernels train bit for bit as this process does with the same seed and one thread (determinism
+    across processes), and the other seed trains differently."""
     from helpers import config, data, results, train
 
-    result = _runner(tmp_path, "--seeds", "0", "1", "--only", "02", "--no-book")
+    result = _runner(tmp_path, "--seeds", "0", "1", "--only", "02", "--no-book", "--jobs", "2")
     assert result.returncode == 0, result.stderr[-2000:]
     output = result.stdout + result.stderr
+    assert "seeds [0, 1] in parallel on CPU share 0, CPU share 1" in output
+    assert "[seed 1, CPU share 1] " in output and "[seed 0, CPU share 0] " in output
+    assert (tmp_path / "out" / "executed" / "02_ood_scores.ipynb").exists()
     assert "loss=" in output and re.search(r"features \S+: +100%", output), output[-2000:]   # live progress
     for noise in ("IProgress", "without encryption", "Passed unknown parameter", "Executing:"):
         assert noise not in output, noise
