@@ -211,17 +211,14 @@ def run(profile: str, overrides: dict[str, Any], only: list[str] | None = None, 
     if only and not chosen:
         raise RunError(f"--only {only} matches no notebook; choose from {', '.join(NOTEBOOKS)}.")
     out = out or REPO_ROOT / "_build" / name
+    slots = _slots(cfgs[0], seeds, str(overrides.get("device", "auto")), jobs)
     with contextlib.ExitStack() as locks:
         for cfg in cfgs:
             locks.enter_context(_locked(RunPaths.of(cfg), wait_for_lock))
-        slots = _slots(cfgs[0], seeds, str(overrides.get("device", "auto")), jobs)
         if slots:
-            where = ", ".join(parallel.label(s) for s in slots)
-            print(f"profile {name} ({reason}): seeds {seeds} in parallel on {where}", flush=True)
-            parallel.run_children(parallel.plan(seeds, slots), lambda s: _child_command(name, s, overrides, only, out,
-                                                                                        slots[0]))
-            shutil.rmtree(out / "executed", ignore_errors=True)
-            shutil.copytree(out / f"seed-{seeds[-1]}" / "executed", out / "executed")
+            print(f"profile {name} ({reason}): seeds {seeds} in parallel on "
+                  f"{', '.join(parallel.label(s) for s in slots)}", flush=True)
+            _in_children(name, seeds, slots, overrides, only, out)
         else:
             for cfg in cfgs:
                 print(f"profile {name} ({reason}), seed {cfg.seed}; artifacts in {cfg.run_dir()}", flush=True)
@@ -229,6 +226,15 @@ def run(profile: str, overrides: dict[str, Any], only: list[str] | None = None, 
                 _run_series(cfg, chosen, executed, dict(profile=name, **{**overrides, "seed": cfg.seed}))
         _finish(name, cfgs, seeds, out, book and len(chosen) == len(NOTEBOOKS), snapshot, len(chosen))
     return out
+
+
+def _in_children(profile: str, seeds: list[int], slots: list[str], overrides: dict[str, Any],
+                 only: list[str] | None, out: Path) -> None:
+    """Each seed's series in a child runner on its slot; the last seed's executed notebooks become the book's."""
+    parallel.run_children(parallel.plan(seeds, slots), lambda s: _child_command(profile, s, overrides, only, out,
+                                                                                slots[0]))
+    shutil.rmtree(out / "executed", ignore_errors=True)
+    shutil.copytree(out / f"seed-{seeds[-1]}" / "executed", out / "executed")
 
 
 def _slots(cfg: Config, seeds: list[int], device: str, jobs: int) -> list[str]:
