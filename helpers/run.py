@@ -196,7 +196,7 @@ def run(profile: str, overrides: dict[str, Any], only: list[str] | None = None, 
     ``snapshot`` (default: on for every profile but ``smoke``) refreshes ``results/<profile>-<id set>/`` from
     the runs, so that the book shows them. Each seed's run folder is locked for the whole run
     (``wait_for_lock``: queue behind another run instead of stopping). Seeds run side by side on several GPUs,
-    or with ``jobs`` > 1 on the CPU (:mod:`helpers.parallel`).
+    or with ``jobs`` > 1 on the CPU (``helpers.parallel``).
     """
     name, reason = choose_profile(profile)
     if "profile" in overrides:
