@@ -176,6 +176,26 @@ def test_layer_rows_streamed_in_batches_equal_all_features_at_once(run):
     assert [p.name.split("-")[0] for p in written] == ["layers"]
 
 
+def test_layer_rows_run_the_network_once_over_each_set_and_leave_no_stash(run, monkeypatch):
+    """The NCC on the training set reads the statistics pass back from disk instead of a second network pass."""
+    cfg, splits, _, checkpoints = run
+    cfg = dataclasses.replace(cfg, eval_batch_size=3)                   # rows of their own cache file
+    passes, network = [], sweep.pooled_batches
+
+    def counted(model, ds, *args, **kwargs):
+        passes.append(ds.name)
+        return network(model, ds, *args, **kwargs)
+
+    monkeypatch.setattr(sweep, "pooled_batches", counted)
+    rows = sweep.layers_at(cfg, checkpoints[1], splits, DEVICE)
+    assert passes == [splits.train.name, splits.test.name]
+    assert not list((cfg.run_dir() / "features").glob("layers-pass-*"))    # the stash is gone
+    monkeypatch.setattr(sweep, "pooled_batches", network)
+    fresh = dataclasses.replace(cfg, eval_batch_size=4)
+    assert [r["ncc_train"] for r in rows] == [r["ncc_train"] for r in sweep.layers_at(fresh, checkpoints[1], splits,
+                                                                                      DEVICE)]
+
+
 def test_layer_rows_come_from_the_cache_when_warm_and_a_damaged_file_is_rewritten(run, monkeypatch):
     cfg, splits, _, checkpoints = run
     cfg = dataclasses.replace(cfg, eval_batch_size=5)                   # rows of their own cache file
