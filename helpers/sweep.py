@@ -28,7 +28,7 @@ from torch import Tensor
 
 from . import checkpoint as ckpt
 from . import collapse, data, features, protocol, train
-from .artifacts import RunPaths
+from .artifacts import RunPaths, write_torch
 from .config import Config
 from .data import ImageSet, Splits
 from .device import eval_batch
@@ -317,9 +317,10 @@ def block_stats(batches: Iterator[tuple[list[Tensor], Tensor]], K: int) -> list[
 def stashed(batches: Iterator[tuple[list[Tensor], Tensor]], folder: Path) -> Iterator[tuple[list[Tensor], Tensor]]:
     """``batches`` passed through unchanged, each also saved in ``folder`` (blocks 1-7 as float16, the values
     they already have; h as float32), so that :func:`replayed` can read the same pass again without the network.
-    Memory holds one batch; the disk holds the pass (55 MB for 45,000 images at width 16)."""
+    Memory holds one batch; the disk holds the pass (55 MB for 45,000 images at width 16). A full disk stops
+    with the one-line message of :func:`helpers.artifacts.atomic_write`."""
     for i, (blocks, y) in enumerate(batches):
-        torch.save(([b.half() for b in blocks[:-1]], blocks[-1], y), folder / f"{i:07d}.pt")
+        write_torch(([b.half() for b in blocks[:-1]], blocks[-1], y), folder / f"{i:07d}.pt")
         yield blocks, y
 
 
@@ -353,7 +354,8 @@ def layers_at(cfg: Config, path: Path, splits: Splits, device: torch.device) -> 
     Streaming statistics (:func:`block_stats`, :func:`helpers.collapse.nc_metrics_from_stats`; book, chapter
     "Neural collapse", sections on earlier layers and streaming statistics, eqs. eq-nc1, eq-nc2-equiangular,
     eq-nc4): one network pass over the training set for the statistics, its block outputs kept on disk batch by
-    batch (:func:`stashed`) and read again for the NCC with that block's training class means, and one pass over
+    batch (:func:`stashed`, in the system's temporary folder) and read again for the NCC with that block's
+    training class means, and one pass over
     the test set for the test NCC. Block 8 is the penultimate layer h. One row per block:
     ``block`` (1..8), ``channels`` C_l, ``low_rank`` (C_l < K-1: Sigma_B then has rank at most C_l, and NC1
     only sees that subspace), the keys of ``LAYER_KEYS``, ``nc1_per_direction``, ``ncc_train``, ``ncc_test``.
@@ -368,9 +370,7 @@ def layers_at(cfg: Config, path: Path, splits: Splits, device: torch.device) -> 
     def measure() -> list[Row]:
         model = train.load_model(path, cfg, splits.num_classes, device)
         batches = partial(pooled_batches, model, splits=splits, device=device, batch_size=eval_batch(cfg, device))
-        folder = RunPaths.of(cfg).features
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix="layers-pass-", dir=folder) as tmp:
+        with tempfile.TemporaryDirectory(prefix="oodnc-layers-") as tmp:     # local even with artifacts on Drive
             stats = block_stats(stashed(batches(splits.train), Path(tmp)), splits.num_classes)
             means = [s.means() for s in stats]                           # (K, C_l) each
             on_train = ncc_accuracy(replayed(Path(tmp)), means)

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from helpers import collapse, features, sweep, train
+from helpers import artifacts, collapse, features, sweep, train
 from helpers.stats import ClassStats, class_means
 
 DEVICE = torch.device("cpu")
@@ -176,7 +177,7 @@ def test_layer_rows_streamed_in_batches_equal_all_features_at_once(run):
     assert [p.name.split("-")[0] for p in written] == ["layers"]
 
 
-def test_layer_rows_run_the_network_once_over_each_set_and_leave_no_stash(run, monkeypatch):
+def test_layer_rows_run_the_network_once_over_each_set_and_leave_no_stash(run, monkeypatch, tmp_path):
     """The NCC on the training set reads the statistics pass back from disk instead of a second network pass."""
     cfg, splits, _, checkpoints = run
     cfg = dataclasses.replace(cfg, eval_batch_size=3)                   # rows of their own cache file
@@ -187,9 +188,13 @@ def test_layer_rows_run_the_network_once_over_each_set_and_leave_no_stash(run, m
         return network(model, ds, *args, **kwargs)
 
     monkeypatch.setattr(sweep, "pooled_batches", counted)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))                 # where the stash goes
+    saved = []
+    monkeypatch.setattr(sweep, "write_torch", lambda obj, path: saved.append(path) or artifacts.write_torch(obj, path))
     rows = sweep.layers_at(cfg, checkpoints[1], splits, DEVICE)
     assert passes == [splits.train.name, splits.test.name]
-    assert not list((cfg.run_dir() / "features").glob("layers-pass-*"))    # the stash is gone
+    assert len(saved) == math.ceil(len(splits.train) / 3) and saved[0].parent.parent == tmp_path
+    assert not list(tmp_path.iterdir())                                     # the stash is gone
     monkeypatch.setattr(sweep, "pooled_batches", network)
     fresh = dataclasses.replace(cfg, eval_batch_size=4)
     assert [r["ncc_train"] for r in rows] == [r["ncc_train"] for r in sweep.layers_at(fresh, checkpoints[1], splits,
