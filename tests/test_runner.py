@@ -156,6 +156,7 @@ def test_several_seeds_give_mean_and_std_in_the_results(tmp_path: Path) -> None:
                      artifacts=str(tmp_path / "artifacts"))
     cfgs = [config.make_config("smoke", seed=s, **overrides) for s in (0, 1)]
     assert [c.run_dir().name[:19] for c in cfgs] == ["smoke-synthetic-s0-", "smoke-synthetic-s1-"]
+    assert [json.loads((c.run_dir() / "run.json").read_text())["machine"]["threads"] for c in cfgs] == [1, 1]
     aurocs = {json.loads((c.run_dir() / "metrics" / "ood.json").read_text())["average"]["msp"]["auroc"] for c in cfgs}
     assert len(aurocs) == 2                                            # two different trainings
     here = dataclasses.replace(cfgs[0], artifacts=str(tmp_path / "here"))
