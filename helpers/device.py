@@ -47,7 +47,7 @@ EVAL_BATCH = {"cpu": 128, "cuda": 512}     # images per inference batch when cfg
 def eval_batch(cfg: Config, device: torch.device) -> int:
     """Images per inference batch: ``cfg.eval_batch_size``, or for 0 (auto) :data:`EVAL_BATCH` of the device.
 
-    On this project's 2-core CPU a batch of 512 runs 1.6-1.8x slower than 128 (the activations leave the
+    On this project's 2-core CPU a batch of 512 runs 1.7-2x slower than 128 (the activations leave the
     cache; ``benchmarks/bench_eval_batch.py``), and eval-mode outputs do not depend on the batch size there
     (bit-identical logits, checked by the same script).
     """

@@ -68,9 +68,9 @@ def snapshot_config(folder: Path, seed: int | None = None, data_root: str = "") 
     seed = seeds[0] if seed is None else seed
     if seed not in seeds:
         raise SnapshotError(f"{folder} has no weights for seed {seed}; it has seeds {seeds}.")
-    fields = {k: v for k, v in info["config"].items() if k != "profile"}       # where and how fast: this machine's
+    fields = {k: v for k, v in info["config"].items() if k != "profile"}
     return make_config(info["profile"], **{**fields, "seed": seed, "artifacts": "", "data_root": data_root,
-                                           "eval_batch_size": 0})
+                                           "eval_batch_size": 0})     # the inference batch: this machine's
 
 
 def load_network(folder: Path, cfg: Config, device: torch.device) -> ResNet18:

@@ -240,8 +240,9 @@ def _in_children(profile: str, seeds: list[int], slots: list[str], overrides: di
 def _slots(cfg: Config, seeds: list[int], device: str, jobs: int) -> list[str]:
     """Where the seeds run side by side: ``jobs`` CPU slots, the visible GPUs, or nowhere (in sequence here)."""
     cpu = parallel.cpu_slots(min(jobs, len(seeds)))                     # checks jobs >= 1
-    if jobs > 1 and resolve_device(cfg).type != "cpu":
-        raise ValueError(f"--jobs {jobs} runs seeds side by side on the CPU, but this run uses {resolve_device(cfg)} "
+    used = resolve_device(cfg)
+    if jobs > 1 and used.type != "cpu":
+        raise ValueError(f"--jobs {jobs} runs seeds side by side on the CPU, but this run uses {used} "
                          "(several GPUs take a seed each by themselves); drop --jobs or add -p device cpu.")
     if len(cpu) > 1:
         return cpu
