@@ -10,6 +10,7 @@ bootstrap intervals) and the published numbers of ``results/published.json``.
 
 from __future__ import annotations
 
+import json
 import statistics
 from pathlib import Path
 from typing import Any
@@ -52,25 +53,58 @@ def write_weights(checkpoint: Path, dest: Path) -> Path:
 def write_snapshot(cfg: Config, seeds: list[int], run_dirs: dict[int, Path]) -> Path:
     """``results/<profile>-<id set>/``: every seed's metrics and final weights, the last seed's figures, provenance.
 
+    Seeds of the previous snapshot that were trained with the same setting (:func:`same_setting`) and are not
+    among ``seeds`` are kept, so ``--seeds 2`` adds a third seed; a snapshot of another setting is replaced.
     Built in a ``.partial`` folder and renamed into place, so a failed snapshot leaves the previous one whole.
     """
     dest = snapshot_dir(cfg)
     tmp = dest.with_name(dest.name + ".partial")
     _remove(tmp)
-    for seed in seeds:
-        run = RunPaths(Path(run_dirs[seed]))
+    old, kept = _earlier_seeds(dest, cfg, seeds)
+    for seed in kept:
+        _copy_tree(dest / "metrics" / f"seed-{seed}", tmp / "metrics" / f"seed-{seed}")
+        weights = dest / WEIGHTS.format(seed=seed)
+        atomic_write(tmp / weights.name, lambda out, f=weights: out.write(f.read_bytes()))
+    runs = {seed: RunPaths(Path(run_dirs[seed])) for seed in seeds}
+    for seed, run in runs.items():
         _copy_tree(run.metrics, tmp / "metrics" / f"seed-{seed}")
         found = ckpt.list_checkpoints(run.checkpoints)                  # {epoch: path}
         write_weights(found[max(found)], tmp / WEIGHTS.format(seed=seed))
-    last = RunPaths(Path(run_dirs[seeds[-1]]))
-    if last.figures.exists():
-        _copy_tree(last.figures, tmp / "figures")
-    info = read_json(last.run_json)
-    info["seeds"] = {str(s): read_json(RunPaths(Path(run_dirs[s])).run_json)["seconds"] for s in seeds}
-    write_json(tmp / "run.json", info)
+    if runs[seeds[-1]].figures.exists():
+        _copy_tree(runs[seeds[-1]].figures, tmp / "figures")
+    write_json(tmp / "run.json", _snapshot_info(old, kept, {s: read_json(r.run_json) for s, r in runs.items()}))
     _remove(dest)
     tmp.replace(dest)
     return dest
+
+
+def same_setting(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two run configurations (``run.json``) differ only in the seed and in where and how they ran."""
+    machine = ("seed", "data_root", "artifacts", "device", "eval_batch_size")
+    return ({k: v for k, v in a.items() if k not in machine}
+            == {k: v for k, v in json.loads(json.dumps(b)).items() if k not in machine})
+
+
+def _earlier_seeds(dest: Path, cfg: Config, seeds: list[int]) -> tuple[dict[str, Any], list[int]]:
+    """The previous snapshot's ``run.json`` and its seeds of ``cfg``'s setting that this snapshot keeps."""
+    try:
+        old = read_json(dest / "run.json") or {}
+    except ValueError:                                                  # a damaged snapshot is replaced
+        return {}, []
+    if not old or not same_setting(old["config"], cfg.to_dict()):
+        return {}, []
+    return old, sorted(int(s) for s in old.get("seeds", {}) if int(s) not in seeds
+                       and (dest / WEIGHTS.format(seed=s)).exists() and (dest / "metrics" / f"seed-{s}").is_dir())
+
+
+def _snapshot_info(old: dict[str, Any], kept: list[int], new: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """The last new run's ``run.json`` with every seed's wall times (``seeds``) and commit (``commits``)."""
+    info = dict(new[list(new)[-1]])
+    old_commits = old.get("commits", {})
+    info["seeds"] = {**{str(s): old["seeds"][str(s)] for s in kept}, **{str(s): r["seconds"] for s, r in new.items()}}
+    info["commits"] = {**{str(s): old_commits.get(str(s), old.get("commit")) for s in kept},
+                       **{str(s): r["commit"] for s, r in new.items()}}
+    return info
 
 
 def _remove(folder: Path) -> None:
@@ -182,11 +216,19 @@ def _provenance(info: dict[str, Any]) -> list[str]:
     seeds = sorted(info.get("seeds", {str(info["config"]["seed"]): None}))
     secs, c, m = info.get("seconds", {}), info["config"], info["machine"]
     out = [f"Profile `{info['profile']}`, ID set `{c['id_dataset']}`, width {c['width']}, {c['epochs']} epochs, "
-           f"seeds {', '.join(seeds)}; commit `{info['commit']}`, {info['date']}, {m['cpus']} CPUs "
+           f"seeds {', '.join(seeds)}; {_commits(info)}, {info['date']}, {m['cpus']} CPUs "
            f"({m['platform']}), GPU: {m['gpu'] or 'none'}, torch {m['torch']}.", ""]
     if secs:
         out += ["Wall time per notebook: " + ", ".join(f"{k} {v:.0f} s" for k, v in sorted(secs.items())) + ".", ""]
     return out
+
+
+def _commits(info: dict[str, Any]) -> str:
+    """``commit `abc1234` ``, or the commit of each seed when a snapshot's seeds were run at different commits."""
+    commits = info.get("commits") or {}
+    if len(set(commits.values())) <= 1:
+        return f"commit `{info['commit']}`"
+    return "commits " + ", ".join(f"`{c}` (seed {s})" for s, c in sorted(commits.items(), key=lambda x: int(x[0])))
 
 
 def _training_lines(t: list[dict[str, Any]]) -> list[str]:
