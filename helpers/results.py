@@ -103,7 +103,7 @@ def _snapshot_info(old: dict[str, Any], kept: list[int], new: dict[int, dict[str
     old_commits = old.get("commits", {})
     info["seeds"] = {**{str(s): old["seeds"][str(s)] for s in kept}, **{str(s): r["seconds"] for s, r in new.items()}}
     info["commits"] = {**{str(s): old_commits.get(str(s), old.get("commit")) for s in kept},
-                       **{str(s): r["commit"] for s, r in new.items()}}
+                       **{str(s): r.get("commit") for s, r in new.items()}}
     return info
 
 
