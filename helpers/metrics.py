@@ -19,7 +19,6 @@ from typing import TypeVar
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 AUROC = "auroc"
 FPR95 = "fpr95"                                 # ID positive (ViM and NECO papers)
@@ -80,6 +79,8 @@ def _fpr_at_tpr(labels: np.ndarray, scores: np.ndarray) -> float:
     t with #(positives >= t) >= 0.95 n_pos, i.e. the ceil(0.95 n_pos)-th largest positive score, and the
     FPR counts negatives with score >= t.
     """
+    from sklearn.metrics import roc_curve  # imported on first use: scikit-learn takes a second to load
+
     fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
     return float(fpr[np.argmax(tpr >= TPR_LEVEL - _TOL)])
 
@@ -104,6 +105,8 @@ def ood_metrics(id_scores: np.ndarray | torch.Tensor, ood_scores: np.ndarray | t
         id_scores: scores of ID test samples, (N_id,).
         ood_scores: scores of OOD samples, (N_ood,).
     """
+    from sklearn.metrics import average_precision_score, roc_auc_score  # on first use (a second to load)
+
     s_id, s_ood = _as_scores(id_scores, "id_scores"), _as_scores(ood_scores, "ood_scores")
     s = np.concatenate([s_id, s_ood])                                        # (N_id + N_ood,)
     is_id = np.concatenate([np.ones(s_id.size), np.zeros(s_ood.size)])     # ID positive

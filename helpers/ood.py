@@ -30,7 +30,6 @@ from typing import Any, Self
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.exceptions import NotFittedError
 from torch import Tensor
 
 from helpers.stats import ArrayLike, as_labels, as_tensor, class_means, within_class_cov
@@ -64,6 +63,13 @@ def _check_percentile(value: float, name: str = "percentile", high_open: bool = 
     ok = 0 <= value < 100 if high_open else 0 <= value <= 100
     if not ok:
         raise ValueError(f"{name} must lie in [0, 100{')' if high_open else ']'}; got {value!r}.")
+
+
+def not_fitted(message: str) -> Exception:
+    """scikit-learn's ``NotFittedError`` (a ValueError and AttributeError), imported only when it is raised."""
+    from sklearn.exceptions import NotFittedError
+
+    return NotFittedError(message)
 
 
 def _param_names(cls: type) -> list[str]:
@@ -130,8 +136,8 @@ class OODScore:
     def score(self, features: ArrayLike, logits: ArrayLike) -> np.ndarray:
         """Score features h (N, D) and logits z (N, K); returns (N,) float64, higher = more ID."""
         if not hasattr(self, "n_features_in_"):
-            raise NotFittedError(f"{type(self).__name__} is not fitted yet; call fit(train_features, "
-                                 "train_logits, train_labels, fc_weight, fc_bias) first.")
+            raise not_fitted(f"{type(self).__name__} is not fitted yet; call fit(train_features, train_logits, "
+                             "train_labels, fc_weight, fc_bias) first.")
         h, z = _tensor(features, "features"), _tensor(logits, "logits")
         _check_matrix(h, "features", self.n_features_in_, "feature dimensions")
         _check_matrix(z, "logits", self.n_classes_, "classes")
@@ -299,7 +305,7 @@ class ViM(OODScore):
     def residual(self, features: ArrayLike) -> np.ndarray:
         """Residual norms r(h) = ||(I - P P^T)(h - u)||, (N,) (eq. eq-vim-residual)."""
         if not hasattr(self, "null_space_"):
-            raise NotFittedError("ViM is not fitted yet; call fit(...) first.")
+            raise not_fitted("ViM is not fitted yet; call fit(...) first.")
         h = _tensor(features, "features")
         _check_matrix(h, "features", self.null_space_.shape[0], "feature dimensions")
         return self._residual(h).cpu().numpy()

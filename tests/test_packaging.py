@@ -131,3 +131,13 @@ def test_pip_install_in_a_clean_venv_gives_a_working_helpers(tmp_path: Path) -> 
     meta = [line.split(":", 1)[1].strip() for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
     meta = [r for r in meta if "extra ==" not in r]
     assert {str(r) for r in RUNTIME} == {str(Requirement(r)) for r in meta}
+
+
+def test_the_notebooks_imports_leave_scikit_learn_and_scipy_unloaded_until_a_metric_needs_them() -> None:
+    """Every kernel and runner imports these modules; scikit-learn and scipy take about a second each to load."""
+    code = ("import sys\nfrom helpers import data, features, metrics, ood, plots, protocol, report, run, sweep, train\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'sklearn', 'scipy'}))\n"
+            "metrics.ood_metrics([1.0, 2.0], [0.0])\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'sklearn', 'scipy'}))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.split("\n")[:2] == ["[]", "['scipy', 'sklearn']"], out.stdout
