@@ -6,8 +6,10 @@ batch of 8, so one epoch is a handful of SGD steps and takes well under a second
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -58,6 +60,17 @@ def tiny_cfg(tmp_path: Path) -> config.Config:
 @pytest.fixture
 def cpu() -> torch.device:
     return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Torch at one thread inside the block, as the children of the runner have (CPU sums depend on the count)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def subprocess_env() -> dict[str, str]:

@@ -21,7 +21,7 @@ from helpers import artifacts, features, run, train
 from helpers import checkpoint as ckpt
 from helpers.data import id_splits
 
-from .conftest import PYTHON, TINY, make_tiny, state_dicts_equal, subprocess_env
+from .conftest import PYTHON, TINY, make_tiny, one_thread, state_dicts_equal, subprocess_env
 
 CPU = torch.device("cpu")
 
@@ -379,12 +379,8 @@ def test_an_interrupted_runner_keeps_its_checkpoints_and_resumes_bit_identically
     resumed = ckpt.load(folder / "epoch-0004.pt")["model"]
     reference = make_config("smoke", epochs=4, per_class=8, num_classes=10, batch_size=8,
                             artifacts=str(tmp_path / "reference"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)                                           # as in the runner's kernel
-    try:
+    with one_thread():                                                 # as in the runner's kernel
         model, _ = train.fit(reference, id_splits(reference), CPU, progress=False)
-    finally:
-        torch.set_num_threads(threads)
     assert state_dicts_equal(resumed, model.state_dict())
 
 
