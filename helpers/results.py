@@ -34,10 +34,15 @@ def _order(names: Any) -> list[str]:
     return sorted(names, key=lambda s: (order.index(s), "") if s in order else (len(order), s))
 
 
+def _copy_file(src: Path, dest: Path) -> None:
+    """Copy one file through the one atomic write."""
+    atomic_write(dest, lambda out: out.write(Path(src).read_bytes()))
+
+
 def _copy_tree(src: Path, dest: Path) -> None:
     """Copy every file below ``src`` to ``dest`` through the one atomic write."""
     for f in sorted(p for p in Path(src).rglob("*") if p.is_file()):
-        atomic_write(dest / f.relative_to(src), lambda out, f=f: out.write(f.read_bytes()))
+        _copy_file(f, dest / f.relative_to(src))
 
 
 def write_weights(checkpoint: Path, dest: Path) -> Path:
@@ -63,8 +68,7 @@ def write_snapshot(cfg: Config, seeds: list[int], run_dirs: dict[int, Path]) -> 
     old, kept = _earlier_seeds(dest, cfg, seeds)
     for seed in kept:
         _copy_tree(dest / "metrics" / f"seed-{seed}", tmp / "metrics" / f"seed-{seed}")
-        weights = dest / WEIGHTS.format(seed=seed)
-        atomic_write(tmp / weights.name, lambda out, f=weights: out.write(f.read_bytes()))
+        _copy_file(dest / WEIGHTS.format(seed=seed), tmp / WEIGHTS.format(seed=seed))
     runs = {seed: RunPaths(Path(run_dirs[seed])) for seed in seeds}
     for seed, run in runs.items():
         _copy_tree(run.metrics, tmp / "metrics" / f"seed-{seed}")
@@ -81,8 +85,8 @@ def write_snapshot(cfg: Config, seeds: list[int], run_dirs: dict[int, Path]) -> 
 def same_setting(a: dict[str, Any], b: dict[str, Any]) -> bool:
     """Whether two run configurations (``run.json``) differ only in the seed and in where and how they ran."""
     machine = ("seed", "data_root", "artifacts", "device", "eval_batch_size")
-    return ({k: v for k, v in a.items() if k not in machine}
-            == {k: v for k, v in json.loads(json.dumps(b)).items() if k not in machine})
+    a, b = (json.loads(json.dumps(c)) for c in (a, b))                    # tuples of a Config become lists
+    return {k: v for k, v in a.items() if k not in machine} == {k: v for k, v in b.items() if k not in machine}
 
 
 def _earlier_seeds(dest: Path, cfg: Config, seeds: list[int]) -> tuple[dict[str, Any], list[int]]:
