@@ -58,7 +58,8 @@ def device_name(device: torch.device) -> str:
     """Human name of the chosen device (the chosen GPU's own name, not GPU 0's)."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device.index if device.index is not None else torch.cuda.current_device())
-    return f"CPU ({torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    return f"CPU ({threads} thread{'' if threads == 1 else 's'})"
 
 
 def choose_precision(asked: str, device_type: str, capability: tuple[int, int] | None) -> tuple[str, str]:

@@ -239,3 +239,14 @@ def test_cpu_features_do_not_depend_on_the_inference_batch() -> None:
     for batch in (128, 7):
         f = extract(model, ds, mean, std, cpu, batch)
         assert torch.equal(f.logits, ref.logits) and torch.equal(f.features, ref.features), batch
+
+
+def test_the_cpu_name_counts_its_threads_in_good_english() -> None:
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert device.device_name(torch.device("cpu")) == "CPU (1 thread)"
+        torch.set_num_threads(2)
+        assert device.device_name(torch.device("cpu")) == "CPU (2 threads)"
+    finally:
+        torch.set_num_threads(before)
