@@ -11,7 +11,8 @@ notebooks' output (training progress included) streams to the terminal while the
 The run holds the lock of its artifacts folder (:func:`helpers.artifacts.run_lock`): a second run on the same
 folder stops with one line naming the holder, or queues behind it with ``--wait-for-lock``. Ctrl-C (SIGINT)
 or SIGTERM shuts the notebook's kernel down and exits with 130 or 143, saying which checkpoints were kept;
-the same command then resumes from the last one.
+the same command then resumes from the last one. ``run.json`` times each notebook by the execution that did its
+work: the resumed series keeps the times of the notebooks the interrupted one finished.
 """
 
 from __future__ import annotations
@@ -279,15 +280,24 @@ def _run_series(cfg: Config, chosen: list[str], executed: Path, parameters: dict
     """Execute ``chosen`` notebooks for one seed; an interrupt becomes :class:`Interrupted` saying what was kept."""
     executed.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}
+    trained = _last_epoch(cfg) >= cfg.epochs                              # notebook 01 will train nothing
     for i, nb in enumerate(chosen, 1):
         print(f"[{i}/{len(chosen)}] {nb}.ipynb", flush=True)
         try:
             times[nb] = round(execute(nb, executed, parameters), 1)
         except Interrupted as err:
-            write_run_json(cfg, times)
+            write_run_json(cfg, times, complete=False)
             raise Interrupted(err.signum, f"interrupted by {signal.Signals(err.signum).name} during {nb}.ipynb; "
                                           f"{kept(cfg)}; run the same command again to resume.") from None
-    write_run_json(cfg, times)
+    write_run_json(cfg, times, reused={NOTEBOOKS[0]} if trained else set())
+
+
+def _last_epoch(cfg: Config) -> int:
+    """The last checkpointed epoch of ``cfg``'s run (0 when there is none or the folder cannot be read)."""
+    try:
+        return max(list_checkpoints(RunPaths.of(cfg).checkpoints), default=0)
+    except (CheckpointError, OSError):
+        return 0
 
 
 def kept(cfg: Config) -> str:
@@ -315,8 +325,14 @@ def _finish(name: str, cfgs: list[Config], seeds: list[int], out: Path, book: bo
         print(f"book: {build_book(stage) / 'index.html'}", flush=True)
 
 
-def write_run_json(cfg: Config, times: dict[str, float]) -> Path:
-    """Provenance of a run: profile, configuration, commit, date, machine and wall time per notebook."""
+def write_run_json(cfg: Config, times: dict[str, float], complete: bool = True, reused: set[str] = frozenset()
+                   ) -> Path:
+    """Provenance of a run: profile, configuration, commit, date, machine and wall time per notebook.
+
+    ``complete`` is False for a series cut short; ``reused`` names notebooks whose execution redid no work (notebook
+    01 on a run whose last epoch was already checkpointed). The times stay those of the executions that did the
+    work (:func:`_seconds`).
+    """
     import torch
 
     path = RunPaths.of(cfg).run_json
@@ -329,8 +345,25 @@ def write_run_json(cfg: Config, times: dict[str, float]) -> Path:
                 machine=dict(platform=platform.platform(), processor=platform.machine(), cpus=os.cpu_count(),
                              threads=torch.get_num_threads(), torch=torch.__version__,   # CPU sums depend on it
                              gpu=device_name(resolve_device(cfg)) if torch.cuda.is_available() else None),
-                seconds={**old.get("seconds", {}), **times})
+                seconds=_seconds(old, cfg, times, reused), complete=complete)
     return write_json(path, info)
+
+
+def _seconds(old: dict[str, Any], cfg: Config, times: dict[str, float], reused: set[str]) -> dict[str, float]:
+    """Wall time per notebook, each of the execution that did its work.
+
+    A new time replaces the recorded one, except, for the same configuration, where the recorded one is worth
+    more: the notebooks of ``reused`` (their work was done before), and every notebook an interrupted series
+    finished, when this series resumes it (the resumed notebooks reuse that work from the checkpoints and caches).
+    A notebook cut off in the middle is timed by the execution that finishes it.
+    """
+    recorded = old.get("seconds", {})
+    keep = set(reused)
+    if old.get("complete") is False:
+        keep |= set(recorded)
+    if old.get("config") != json.loads(json.dumps(cfg.to_dict())):
+        keep = set()
+    return {**recorded, **{nb: t for nb, t in times.items() if nb not in keep or nb not in recorded}}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -372,9 +372,11 @@ def test_an_interrupted_runner_keeps_its_checkpoints_and_resumes_bit_identically
     assert not [p for p in kernels if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
     kept = _files(folder)
     assert not (cfg.run_dir() / "metrics" / "training.json").exists()
+    assert json.loads((cfg.run_dir() / "run.json").read_text())["complete"] is False
     again = _start(tmp_path)
     _, stderr = again.communicate(timeout=900)
     assert again.returncode == 0, stderr[-3000:]
+    assert json.loads((cfg.run_dir() / "run.json").read_text())["complete"] is True
     assert {k: v for k, v in _files(folder).items() if k in kept} == kept   # nothing kept was rewritten
     resumed = ckpt.load(folder / "epoch-0004.pt")["model"]
     reference = make_config("smoke", epochs=4, per_class=8, num_classes=10, batch_size=8,

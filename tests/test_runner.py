@@ -15,7 +15,7 @@ import torch
 
 from helpers import checkpoint as ckpt
 from helpers import run
-from helpers.config import REPO_ROOT
+from helpers.config import REPO_ROOT, make_config
 
 from .conftest import PYTHON, one_thread, state_dicts_equal, subprocess_env
 
@@ -167,3 +167,21 @@ def test_several_seeds_give_mean_and_std_in_the_results(tmp_path: Path) -> None:
     assert "seeds 0, 1" in md
     training = next(line for line in md.splitlines() if line.startswith("**Training.**"))
     assert training.count("±") == 2, training                  # train and test accuracy over the two seeds
+
+
+def test_run_json_times_each_notebook_by_the_execution_that_did_its_work(tmp_path: Path) -> None:
+    cfg = make_config("smoke", artifacts=str(tmp_path))
+    def seconds() -> dict[str, float]:
+        return json.loads((cfg.run_dir() / "run.json").read_text())["seconds"]
+
+    run.write_run_json(cfg, {"01_training": 50.0, "02_ood_scores": 9.0}, complete=False)    # cut short in 03
+    run.write_run_json(cfg, {"01_training": 2.0, "02_ood_scores": 1.0, "03_neural_collapse": 7.0})   # resumed
+    assert seconds() == {"01_training": 50.0, "02_ood_scores": 9.0, "03_neural_collapse": 7.0}
+    run.write_run_json(cfg, {"01_training": 3.0, "02_ood_scores": 8.0}, reused={"01_training"})   # run again
+    assert seconds() == {"01_training": 50.0, "02_ood_scores": 8.0, "03_neural_collapse": 7.0}
+    run.write_run_json(cfg, {"01_training": 4.0})                                              # it trained again
+    assert seconds()["01_training"] == 4.0
+    other = dataclasses.replace(cfg, ood_subset=7)             # same run folder (training fields), other configuration
+    run.write_run_json(other, {"01_training": 5.0}, complete=False)
+    run.write_run_json(cfg, {"01_training": 6.0}, reused={"01_training"})
+    assert seconds()["01_training"] == 6.0
