@@ -157,11 +157,19 @@ def _generate(name: str, split: str, cfg: Config) -> tuple[Tensor, Tensor, list[
         per_class = cfg.per_class if split == "train" else max(10, cfg.per_class // 3)
         x, y = synthetic.make_id(split, num_classes=cfg.num_classes, per_class=per_class, seed=cfg.seed)
         classes = [f"class {c}" for c in range(cfg.num_classes)]
-        return _nhwc_to_tensor(x), torch.from_numpy(y).long(), classes, f"helpers.synthetic, seed {cfg.seed}"
+        return _nhwc_to_tensor(x), torch.from_numpy(y).long(), classes, _synthetic_source(name, cfg)
     kind = name.removeprefix("synthetic-").removesuffix("-val")
-    seed = cfg.seed + (7919 if name.endswith("-val") else 0)
-    x = synthetic.make_ood(kind, n=1000, seed=seed)
-    return _nhwc_to_tensor(x), torch.full((len(x),), -1), [], f"helpers.synthetic, seed {seed}"
+    x = synthetic.make_ood(kind, n=1000, seed=_synthetic_seed(name, cfg))
+    return _nhwc_to_tensor(x), torch.full((len(x),), -1), [], _synthetic_source(name, cfg)
+
+
+def _synthetic_seed(name: str, cfg: Config) -> int:
+    """The generator's seed: the run's seed; held-out (``-val``) sets draw from another stream."""
+    return cfg.seed + (7919 if name.endswith("-val") else 0)
+
+
+def _synthetic_source(name: str, cfg: Config) -> str:
+    return f"helpers.synthetic, seed {_synthetic_seed(name, cfg)}"
 
 
 def synthetic_path(cfg: Config, name: str, split: str) -> Path:
@@ -222,6 +230,23 @@ def _used(cfg: Config) -> dict[str, tuple[str, ...]]:
     for name in (*cfg.ood_datasets, *cfg.extra_ood, cfg.val_ood_dataset):
         needed.setdefault(name, ("test",))
     return needed
+
+
+def sources(cfg: Config) -> dict[str, str]:
+    """Where every set of ``cfg`` comes from, ``{"NAME (SPLIT)": source}``, as :func:`load` reads it (``run.json``
+    records it). Only the prepared files' ``source`` field is read (memory-mapped, no pixels); a real set that is
+    not prepared yet says so."""
+    return {f"{name} ({split})": _source(name, split, cfg) for name, splits in _used(cfg).items() for split in splits}
+
+
+def _source(name: str, split: str, cfg: Config) -> str:
+    if name.startswith("imagefolder:"):
+        return f"folder {Path(name.split(':', 1)[1]).expanduser()}"
+    path = synthetic_path(cfg, name, split) if name in SYNTHETIC else tensor_path(cfg.data_dir(), name, split)
+    try:
+        return str(torch.load(path, mmap=True, weights_only=True)["source"])
+    except Exception:  # noqa: BLE001 - a missing or damaged file: load() generates it or reports it
+        return _synthetic_source(name, cfg) if name in SYNTHETIC else f"not prepared in {cfg.data_dir()}"
 
 
 def sets_of(cfg: Config) -> dict[str, tuple[str, ...]]:

@@ -176,32 +176,43 @@ def _our_columns(runs: list[dict[str, Any]], scores: dict, by_group: bool) -> tu
                    for o, _ in pairs}
 
 
+def beside_published(runs: list[dict[str, Any]], entry: dict[str, Any], by_group: bool
+                     ) -> tuple[list[str], dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+    """(scores both report, our AUROC {column: {score: fraction}}, theirs {column: {score: %}}) for one published
+    entry: OpenOOD v1.5's near/far group means (``by_group``) or NECO's per-set rows. Ours is the mean over seeds."""
+    scores = entry["scores"]
+    pairs, ours = _our_columns(runs, scores, by_group)
+    common = [s for s in _order(scores) if s in runs[0]["results"]]
+    theirs = {g: {s: scores[s][col]["auroc"] if isinstance(scores[s].get(col), dict) else scores[s].get(col)
+                  for s in common} for g, col in pairs}
+    common = [s for s in common if all(theirs[g][s] is not None for g, _ in pairs)]
+    return common, {g: ours[g] for g, _ in pairs}, theirs
+
+
+def published_entries(id_set: str) -> dict[str, tuple[str, dict[str, Any]]]:
+    """The entries of ``results/published.json`` with ID set ``id_set``: {key: (short name, entry)}."""
+    pub = read_json(artifacts.RESULTS / "published.json") or {}
+    return {key: ("OpenOOD v1.5" if key.startswith("openood") else "NECO", entry)
+            for key, entry in pub.items() if f"_{id_set}_" in key}
+
+
 def comparison_lines(runs: list[dict[str, Any]]) -> list[str]:
     """Our AUROC beside the published rows for the same ID set, per score, and the rank agreement of the methods.
 
     OpenOOD v1.5 (near/far group means) against our ``groups`` means; NECO's Table 2 per OOD set against our set
     of the same name. Spearman ρ is taken over the scores both report. Values are mean over seeds, in %.
     """
-    pub = read_json(artifacts.RESULTS / "published.json") or {}
-    id_set, first = runs[0]["id_set"], runs[0]
+    id_set = runs[0]["id_set"]
     out: list[str] = []
-    for key, entry in pub.items():
-        if f"_{id_set}_" not in key:
+    for key, (name, entry) in published_entries(id_set).items():
+        common, ours, theirs = beside_published(runs, entry, by_group=key.startswith("openood"))
+        if not ours or len(common) < 3:
             continue
-        scores = entry["scores"]
-        pairs, ours = _our_columns(runs, scores, by_group=key.startswith("openood"))
-        common = [s for s in _order(scores) if s in first["results"]]
-        if not pairs or len(common) < 3:
-            continue
-        theirs = {g: {s: scores[s][col]["auroc"] if isinstance(scores[s].get(col), dict) else scores[s].get(col)
-                      for s in common} for g, col in pairs}
-        name = "OpenOOD v1.5" if key.startswith("openood") else "NECO"
-        header = ["score"] + [f"{h} {g}" for g, _ in pairs for h in ("ours", name)]
-        common = [s for s in common if all(theirs[g][s] is not None for g, _ in pairs)]
-        rows = [[f"`{s}`"] + [c for g, _ in pairs for c in (f"{100 * ours[g][s]:.1f}", f"{theirs[g][s]:.2f}")]
+        header = ["score"] + [f"{h} {g}" for g in ours for h in ("ours", name)]
+        rows = [[f"`{s}`"] + [c for g in ours for c in (f"{100 * ours[g][s]:.1f}", f"{theirs[g][s]:.2f}")]
                 for s in common]
         rho = [f"{g} ρ = {spearman([ours[g][s] for s in common], [theirs[g][s] for s in common])[0]:.2f}"
-               for g, _ in pairs]
+               for g in ours]
         out += [f"**Beside {name}** (AUROC %, ID `{id_set}`; {entry['setup']['architecture']}, "
                 f"{entry['setup']['training']}; their ID test accuracy {entry['setup']['id_test_accuracy_percent']} "
                 "%):", ""] + _table(header, rows) + [""]
@@ -222,6 +233,8 @@ def _provenance(info: dict[str, Any]) -> list[str]:
     out = [f"Profile `{info['profile']}`, ID set `{c['id_dataset']}`, width {c['width']}, {c['epochs']} epochs, "
            f"seeds {', '.join(seeds)}; {_commits(info)}, {info['date']}, {m['cpus']} CPUs "
            f"({m['platform']}), GPU: {m['gpu'] or 'none'}, torch {m['torch']}.", ""]
+    if info.get("data"):
+        out += ["Data: " + "; ".join(f"`{name}` from {where}" for name, where in info["data"].items()) + ".", ""]
     if secs:
         out += ["Wall time per notebook: " + ", ".join(f"{k} {v:.0f} s" for k, v in sorted(secs.items())) + ".", ""]
     return out

@@ -327,13 +327,15 @@ def _finish(name: str, cfgs: list[Config], seeds: list[int], out: Path, book: bo
 
 def write_run_json(cfg: Config, times: dict[str, float], complete: bool = True, reused: set[str] = frozenset()
                    ) -> Path:
-    """Provenance of a run: profile, configuration, commit, date, machine and wall time per notebook.
+    """Provenance of a run: profile, configuration, commit, date, machine, data sources and wall time per notebook.
 
     ``complete`` is False for a series cut short; ``reused`` names notebooks whose execution redid no work (notebook
     01 on a run whose last epoch was already checkpointed). The times stay those of the executions that did the
     work (:func:`_seconds`).
     """
     import torch
+
+    from .data import sources
 
     path = RunPaths.of(cfg).run_json
     try:
@@ -345,7 +347,7 @@ def write_run_json(cfg: Config, times: dict[str, float], complete: bool = True, 
                 machine=dict(platform=platform.platform(), processor=platform.machine(), cpus=os.cpu_count(),
                              threads=torch.get_num_threads(), torch=torch.__version__,   # CPU sums depend on it
                              gpu=device_name(resolve_device(cfg)) if torch.cuda.is_available() else None),
-                seconds=_seconds(old, cfg, times, reused), complete=complete)
+                data=sources(cfg), seconds=_seconds(old, cfg, times, reused), complete=complete)
     return write_json(path, info)
 
 

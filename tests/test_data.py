@@ -293,3 +293,25 @@ def test_a_damaged_or_outdated_synthetic_file_is_not_used(tmp_path: Path, monkey
     assert data.synthetic_path(other, "synthetic", "test") != path
     monkeypatch.setattr(data.synthetic, "__file__", str(Path(data.__file__)))   # edited generator code
     assert data.synthetic_path(cfg, "synthetic", "test") != path
+
+
+def test_sources_say_where_every_set_of_the_run_comes_from_without_reading_pixels(tmp_path: Path) -> None:
+    import dataclasses
+
+    cfg = dataclasses.replace(make_tiny(tmp_path), ood_datasets=("synthetic-digits", "cifar10"),
+                              extra_ood=[f"imagefolder:{tmp_path / 'mine'}"])
+    before = data.sources(cfg)
+    assert before["synthetic (train)"] == before["synthetic (test)"] == f"helpers.synthetic, seed {cfg.seed}"
+    assert before[f"{cfg.val_ood_dataset} (test)"] == f"helpers.synthetic, seed {cfg.seed + 7919}"   # held out
+    assert before["cifar10 (test)"] == f"not prepared in {tmp_path / 'data'}"
+    assert before[f"imagefolder:{tmp_path / 'mine'} (test)"] == f"folder {tmp_path / 'mine'}"
+    assert not (tmp_path / "data").exists()                            # reading sources writes nothing
+    images = torch.zeros(2, 3, 32, 32, dtype=torch.uint8)
+    data._store(data.tensor_path(tmp_path / "data", "cifar10", "test"), images, torch.zeros(2).long(), ["a"],
+                "the test's archive, a re-split")
+    data.prepare(dataclasses.replace(cfg, ood_datasets=("synthetic-digits",), extra_ood=[]), quiet=True)
+    after = data.sources(cfg)
+    assert after["cifar10 (test)"] == "the test's archive, a re-split"
+    assert after["synthetic-digits (test)"] == data.load("synthetic-digits", "test", cfg).source
+    assert {k: v for k, v in after.items() if k != "cifar10 (test)"} == {k: v for k, v in before.items()
+                                                                         if k != "cifar10 (test)"}

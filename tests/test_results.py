@@ -31,7 +31,7 @@ def _fake_run(cfg, auroc: float, commit: str = "abc1234") -> None:
         trajectory=[dict(epoch=e, nc1=10.0 / e) for e in (1, 2, 4, 8)]))
     run_json = dict(profile="smoke", config=cfg.to_dict(), commit=commit, date="2026-11-24 00:00 UTC",
                     machine=dict(platform="test", processor="x86_64", cpus=2, torch="2", gpu=None),
-                    seconds={"01_training": 10.0})
+                    data={"synthetic (train)": "helpers.synthetic, seed 0"}, seconds={"01_training": 10.0})
     write_json(RunPaths.of(cfg).run_json, run_json)
     ckpt.save_atomic({"model": build_model(5, 4).state_dict(), "epoch": 8}, RunPaths.of(cfg).checkpoints / "e8.pt")
 
@@ -44,6 +44,7 @@ def test_single_run_shows_intervals_and_collapse_trend(tmp_path: Path) -> None:
     assert "| Spearman ρ(epoch, NC1) | -1 |" in md                   # NC1 = 10/epoch falls monotonically
     assert "terminal phase (train accuracy ≥ 99 %) from epoch 7" in md
     assert "commit `abc1234`" in md
+    assert "Data: `synthetic (train)` from helpers.synthetic, seed 0." in md     # run.json's sources
 
 
 def test_snapshot_of_two_seeds_reports_mean_and_std(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

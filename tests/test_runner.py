@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from helpers import checkpoint as ckpt
-from helpers import run
+from helpers import data, run
 from helpers.config import REPO_ROOT, make_config
 
 from .conftest import PYTHON, one_thread, state_dicts_equal, subprocess_env
@@ -177,6 +177,7 @@ def test_run_json_times_each_notebook_by_the_execution_that_did_its_work(tmp_pat
     run.write_run_json(cfg, {"01_training": 50.0, "02_ood_scores": 9.0}, complete=False)    # cut short in 03
     run.write_run_json(cfg, {"01_training": 2.0, "02_ood_scores": 1.0, "03_neural_collapse": 7.0})   # resumed
     assert seconds() == {"01_training": 50.0, "02_ood_scores": 9.0, "03_neural_collapse": 7.0}
+    assert json.loads((cfg.run_dir() / "run.json").read_text())["data"] == data.sources(cfg)   # the sets' sources
     run.write_run_json(cfg, {"01_training": 3.0, "02_ood_scores": 8.0}, reused={"01_training"})   # run again
     assert seconds() == {"01_training": 50.0, "02_ood_scores": 8.0, "03_neural_collapse": 7.0}
     run.write_run_json(cfg, {"01_training": 4.0})                                              # it trained again
