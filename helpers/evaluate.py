@@ -121,9 +121,11 @@ def table(results: protocol.Results, keys: tuple[str, ...] = ("auroc", "fpr95"))
 
 
 def group_lines(groups: dict[str, Any]) -> list[str]:
-    """One line per group of OOD sets: its sets and each score's mean AUROC (%)."""
-    return [f"{g} mean over {', '.join(v['sets'])}: " + ", ".join(f"{s} {100 * m['auroc']:.1f}"
-                                                                for s, m in v["mean"].items())
+    """One line per group of OOD sets: its sets and each score's mean AUROC (%), with its bootstrap interval."""
+    def auroc(m: dict[str, float]) -> str:
+        return protocol.interval(m) if "auroc_low" in m else f"{100 * m['auroc']:.1f}"
+
+    return [f"{g} mean over {', '.join(v['sets'])}: " + ", ".join(f"{s} {auroc(m)}" for s, m in v["mean"].items())
             for g, v in groups.items()]
 
 
@@ -242,7 +244,8 @@ def evaluate_model(run: ModelRun) -> tuple[dict[str, Any], protocol.Detection, d
                   id=cfg.id_dataset, val_ood=cfg.val_ood_dataset, image_size=run.image_size, mean=mean.tolist(),
                   std=std.tolist(), device=str(device), seed=cfg.seed, n_boot=run.n_boot,
                   sizes={k: len(f) for k, f in feats.items()}, ood=protocol.by_set(det.results),
-                  groups=protocol.group_means(det.results, groups), options=det.used, selection=det.selection,
+                  groups=protocol.group_means(det.results, groups, replicates=det.replicates),
+                  options=det.used, selection=det.selection,
                   collapse=nc["collapse"], nc5=nc["nc5"])
     return report, det, nc["grams"]
 
@@ -327,7 +330,7 @@ def _run_snapshot(args: argparse.Namespace) -> None:
     cfg = snapshot_config(args.snapshot, args.seed, args.data_root)
     names = list(dict.fromkeys(args.ood or cfg.ood_datasets))            # default: the snapshot's own OOD sets
     det = evaluate(args.snapshot, names, args.seed, args.n_boot, args.data_root, args.device or "cpu")
-    groups = protocol.group_means(det.results, protocol.ood_groups(cfg.id_dataset, names))
+    groups = protocol.group_means(det.results, protocol.ood_groups(cfg.id_dataset, names), replicates=det.replicates)
     print("\n".join([table(det.results), *group_lines(groups)]))
     if args.json:
         print(f"wrote {write_json(args.json, protocol.by_set(det.results))}")

@@ -287,14 +287,20 @@ def summary(id_scores: np.ndarray | torch.Tensor, ood_scores: np.ndarray | torch
     """``ood_metrics`` plus bootstrap bounds, flat: for each name of ``METRICS`` in order, name,
     ``low_key(name)``, ``high_key(name)``. ``n_boot=0`` skips the bootstrap (bounds NaN).
     """
+    if n_boot:
+        _check_bootstrap(n_boot, level)
+    reps = bootstrap_replicates(id_scores, ood_scores, n_boot=n_boot, seed=seed) if n_boot else {}
+    return summary_of(id_scores, ood_scores, reps, level)
+
+
+def summary_of(id_scores: np.ndarray | torch.Tensor, ood_scores: np.ndarray | torch.Tensor,
+               replicates: dict[str, np.ndarray], level: float = 0.95) -> dict[str, float]:
+    """:func:`summary` from replicates already drawn (``bootstrap_replicates``; empty: bounds NaN)."""
     point = ood_metrics(id_scores, ood_scores)
-    if n_boot == 0:
-        intervals = {name: (np.nan, np.nan) for name in METRICS}
-    else:
-        intervals = bootstrap(id_scores, ood_scores, n_boot=n_boot, seed=seed, level=level)
     out: dict[str, float] = {}
     for name in METRICS:
-        out[name], out[low_key(name)], out[high_key(name)] = point[name], *intervals[name]
+        low, high = percentile_interval(replicates[name], level) if replicates else (np.nan, np.nan)
+        out[name], out[low_key(name)], out[high_key(name)] = point[name], low, high
     return {k: float(v) for k, v in out.items()}
 
 

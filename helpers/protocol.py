@@ -41,6 +41,7 @@ class FeatureSet(Protocol):
 
 Raw = dict[str, dict[str, np.ndarray]]                       # {score: {set: (N_set,) scores}}
 Results = dict[str, dict[str, dict[str, float]]]             # {score: {set: metrics.summary}}
+Replicates = dict[str, dict[str, dict[str, np.ndarray]]]     # {score: {set: {metric: (n_boot,) replicates}}}
 
 
 def _check_sets(sets: dict[str, Any], what: str) -> None:
@@ -86,13 +87,26 @@ def summarise(raw: Raw, id_name: str, n_boot: int = metrics.N_BOOT, seed: int = 
 
     AUROC and FPR95 are derived in the book, chapter "Metrics" (eq. eq-auroc, eq-fpr95).
     """
-    out = {}
+    return summarise_with_replicates(raw, id_name, n_boot, seed)[0]
+
+
+def summarise_with_replicates(raw: Raw, id_name: str, n_boot: int = metrics.N_BOOT, seed: int = 0,
+                              level: float = 0.95) -> tuple[Results, Replicates]:
+    """:func:`summarise` and the bootstrap replicates behind its intervals, {score: {set: {metric: (n_boot,)}}},
+    from one bootstrap per pair (empty without a bootstrap, ``n_boot=0``); :func:`group_means` reads them."""
+    results: Results = {}
+    replicates: Replicates = {}
     for name, per_set in raw.items():
         if id_name not in per_set:
             raise ValueError(f"ID set {id_name!r} is not among the scored sets {sorted(per_set)}; score it too.")
-        out[name] = {s: metrics.summary(per_set[id_name], v, n_boot=n_boot, seed=seed)
-                     for s, v in per_set.items() if s != id_name}
-    return out
+        results[name], replicates[name] = {}, {}
+        for s, v in per_set.items():
+            if s == id_name:
+                continue
+            reps = metrics.bootstrap_replicates(per_set[id_name], v, n_boot, seed) if n_boot else {}
+            results[name][s] = metrics.summary_of(per_set[id_name], v, reps, level)
+            replicates[name][s] = reps
+    return results, replicates
 
 
 def evaluate_scores(train: FeatureSet, fc_weight: ArrayLike, fc_bias: ArrayLike, id_test: FeatureSet,
@@ -136,6 +150,7 @@ class Detection:
     raw: Raw
     fitted: dict[str, ood.OODScore]
     results: Results
+    replicates: Replicates                     # behind the results' intervals; group_means reads them
 
     @property
     def used(self) -> dict[str, dict[str, Any]]:
@@ -160,7 +175,7 @@ def detect(feats: dict[str, FeatureSet], fc_weight: ArrayLike, fc_bias: ArrayLik
                      ood_set=val_ood)
     sets = {ID_TEST: feats["test"], **{n: feats[n] for n in ood_names}}
     raw, fitted = compute_scores(train, fc_weight, fc_bias, sets, options)
-    return Detection(options, selection, raw, fitted, summarise(raw, ID_TEST, n_boot=n_boot, seed=seed))
+    return Detection(options, selection, raw, fitted, *summarise_with_replicates(raw, ID_TEST, n_boot, seed))
 
 
 def by_set(results: Results) -> dict[str, dict[str, dict[str, float]]]:
@@ -294,14 +309,28 @@ def ood_groups(id_set: str, ood_sets: list[str]) -> dict[str, tuple[str, ...]]:
 
 
 def group_means(results: Results, groups: dict[str, tuple[str, ...]],
-                keys: tuple[str, ...] = ("auroc", "fpr95", "aupr_in", "aupr_out")) -> dict[str, Any]:
+                keys: tuple[str, ...] = ("auroc", "fpr95", "aupr_in", "aupr_out"),
+                replicates: Replicates | None = None, level: float = 0.95) -> dict[str, Any]:
     """Per group of OOD sets (near, far): its sets and the mean of each metric over them, per score.
 
-    {group: {"sets": [...], "mean": {score: {metric: mean}}}}; empty groups are left out.
+    {group: {"sets": [...], "mean": {score: {metric: mean}}}}; empty groups are left out. With the
+    ``replicates`` of :func:`summarise_with_replicates`, each mean gets its percentile interval
+    (``<metric>_low``, ``<metric>_high``): replicate r of the group mean is the mean of replicate r of its sets.
+    The sets share the ID test set, and ``metrics.resample_indices`` draws its ID indices from their own
+    seeded stream, so replicate r resamples the ID scores alike for every set: the group mean is bootstrapped
+    as one statistic of the ID scores and the group's OOD scores.
     """
-    return {g: {"sets": list(sets), "mean": average(
+    out = {g: {"sets": list(sets), "mean": average(
         {s: {o: m for o, m in per_set.items() if o in sets} for s, per_set in results.items()}, keys)}
         for g, sets in groups.items() if sets}
+    for entry in out.values():
+        for score, m in entry["mean"].items():
+            reps = [(replicates or {}).get(score, {}).get(o) for o in entry["sets"]]
+            if all(reps):
+                for key in keys:
+                    low, high = metrics.percentile_interval(np.mean([r[key] for r in reps], axis=0), level)
+                    m[metrics.low_key(key)], m[metrics.high_key(key)] = low, high
+    return out
 
 
 def interval(m: dict[str, float], metric: str = "auroc") -> str:

@@ -146,19 +146,21 @@ def _scores(ood: dict[str, Any]) -> list[str]:
 
 
 def ood_table(runs: list[dict[str, Any]], metric: str = "auroc") -> list[str]:
-    """Score × OOD set table of ``metric`` (%): one seed with its bootstrap interval, or mean ± std over seeds."""
+    """Score × OOD set table of ``metric`` (%), then the average and the group means: one seed with its bootstrap
+    interval (where the metrics have one), or mean ± std over seeds."""
     first = runs[0]
     sets = first["ood_sets"]
 
-    def cell(s: str, o: str) -> str:
-        if len(runs) > 1:
-            return _mean_std([r["results"][s][o][metric] for r in runs])
-        m = first["results"][s][o]
+    def cell(summaries: list[dict[str, float]]) -> str:          # one per seed
+        m = summaries[0]
+        if len(summaries) > 1 or metric + "_low" not in m:
+            return _mean_std([x[metric] for x in summaries])
         return f"{_pct(m[metric])} [{_pct(m[metric + '_low'])}, {_pct(m[metric + '_high'])}]"
 
     groups = [g for g in first.get("groups", {}) if all(g in r.get("groups", {}) for r in runs)]
-    rows = [[f"`{s}`"] + [cell(s, o) for o in sets] + [_mean_std([r["average"][s][metric] for r in runs])]
-            + [_mean_std([r["groups"][g]["mean"][s][metric] for r in runs]) for g in groups]
+    rows = [[f"`{s}`"] + [cell([r["results"][s][o] for r in runs]) for o in sets]
+            + [_mean_std([r["average"][s][metric] for r in runs])]
+            + [cell([r["groups"][g]["mean"][s] for r in runs]) for g in groups]
             for s in _scores(first)]
     return _table(["score"] + sets + ["average"] + [f"{g} mean" for g in groups], rows)
 

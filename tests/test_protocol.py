@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy.stats import rankdata
 
-from helpers import ood, protocol
+from helpers import metrics, ood, protocol
 from helpers.features import Features
 
 K, D = 4, 16
@@ -228,3 +228,27 @@ def test_group_means_average_only_their_sets():
     assert set(g) == {"near", "far"} and g["near"]["sets"] == ["a", "b"]
     assert g["near"]["mean"]["msp"] == pytest.approx({"auroc": 0.8, "fpr95": 0.3})
     assert g["far"]["mean"]["msp"] == pytest.approx({"auroc": 0.2, "fpr95": 0.9})
+
+
+def test_group_means_get_the_bootstrap_interval_of_the_mean_over_their_sets():
+    rng = np.random.default_rng(0)
+    id_scores, near_a, near_b = rng.normal(1, 1, 400), rng.normal(0, 1, 300), rng.normal(0.5, 1, 200)
+    raw = {"msp": {protocol.ID_TEST: id_scores, "a": near_a, "twin": near_a.copy(), "b": near_b}}
+    res, reps = protocol.summarise_with_replicates(raw, protocol.ID_TEST, n_boot=200, seed=3)
+    assert res == protocol.summarise(raw, protocol.ID_TEST, n_boot=200, seed=3)                # same summaries
+    assert res["msp"]["b"] == metrics.summary(id_scores, near_b, n_boot=200, seed=3)
+    g = protocol.group_means(res, {"one": ("b",), "twins": ("a", "twin"), "near": ("a", "b")}, keys=("auroc",),
+                             replicates=reps)
+    for group, same_as in (("one", "b"), ("twins", "a")):      # one set, or a set twice: that set's interval
+        m = g[group]["mean"]["msp"]
+        assert (m["auroc_low"], m["auroc_high"]) == pytest.approx((res["msp"][same_as]["auroc_low"],
+                                                                   res["msp"][same_as]["auroc_high"]))
+    m = g["near"]["mean"]["msp"]
+    both = (metrics.bootstrap_replicates(id_scores, near_a, 200, 3)["auroc"]
+            + metrics.bootstrap_replicates(id_scores, near_b, 200, 3)["auroc"]) / 2
+    assert (m["auroc_low"], m["auroc_high"]) == pytest.approx(metrics.percentile_interval(both))
+    assert m["auroc_low"] < m["auroc"] < m["auroc_high"]
+    (id_a, _), (id_b, _) = (next(metrics.resample_indices(400, n, 200, 3)) for n in (300, 200))
+    rows = min(len(id_a), len(id_b))
+    assert np.array_equal(id_a[:rows], id_b[:rows])          # the sets' replicates resample the ID scores alike
+    assert "auroc_low" not in protocol.group_means(res, {"near": ("a", "b")}, keys=("auroc",))["near"]["mean"]["msp"]

@@ -25,6 +25,7 @@ def _fake_run(cfg, auroc: float, commit: str = "abc1234") -> None:
         id_set="synthetic", ood_sets=["far", "near"],
         results={"msp": {"far": _summary(auroc, 0.3), "near": _summary(auroc - 0.2, 0.6)}},
         average={"msp": dict(auroc=auroc - 0.1, fpr95=0.45)},
+        groups={"near": {"sets": ["near"], "mean": {"msp": _summary(auroc - 0.2, 0.6)}}},
         id_vs_id=dict(null_sd=0.02, scores={"msp": dict(auroc=0.51)})))
     report.save_metrics(cfg, "collapse", dict(
         num_classes=5, feature_dim=32, final=dict(nc1=0.25, nc3=0.1),
@@ -40,7 +41,7 @@ def test_single_run_shows_intervals_and_collapse_trend(tmp_path: Path) -> None:
     cfg = make_tiny(tmp_path)
     _fake_run(cfg, 0.9)
     md = results.results_markdown(cfg)
-    assert "| `msp` | 90.0 [89.0, 91.0] | 70.0 [69.0, 71.0] | 80.0 |" in md
+    assert "| `msp` | 90.0 [89.0, 91.0] | 70.0 [69.0, 71.0] | 80.0 | 70.0 [69.0, 71.0] |" in md   # near mean too
     assert "| Spearman ρ(epoch, NC1) | -1 |" in md                   # NC1 = 10/epoch falls monotonically
     assert "terminal phase (train accuracy ≥ 99 %) from epoch 7" in md
     assert "commit `abc1234`" in md
