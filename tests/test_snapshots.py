@@ -154,3 +154,21 @@ def test_exercise_answers_quote_the_headline_snapshot() -> None:
         text = _markdown(notebook)
         missing = [p for p in phrases if p not in text]
         assert not missing, f"{notebook}: the exercises should quote {missing} (from {HEADLINE.name}); update them"
+
+
+def test_the_pages_that_describe_the_cpu_profile_and_its_snapshot_agree_with_them() -> None:
+    """Hand-written rows that describe the ``cpu`` profile (README, Introduction) or the headline snapshot (the
+    comparison notes of the Results chapter): their augmentation and accuracy words follow the configuration."""
+    from helpers.config import make_config
+
+    profile = make_config("cpu").to_dict()
+    snapshot = artifacts.read_json(HEADLINE / "run.json")["config"]
+    accuracy = 100 * sum(artifacts.read_json(HEADLINE / "metrics" / f"seed-{s}" / "training.json")["test_acc"]
+                         for s in _seeds(HEADLINE)) / len(_seeds(HEADLINE))
+    rows = {"README.md": (profile, "| `cpu` |"), "book/intro.md": (profile, "| `cpu` | CIFAR-100"),
+            "book/_comparison_notes.md": (snapshot, "| training data |")}
+    for page, (config, start) in rows.items():
+        [row] = [line for line in (REPO_ROOT / page).read_text().splitlines() if line.startswith(start)]
+        assert ("no augmentation" in row) == (not config["augment"]), f"{page}: {row[:50]}... wrong augmentation"
+    notes = (REPO_ROOT / "book" / "_comparison_notes.md").read_text()
+    assert f"about {accuracy:.0f} %" in notes, f"book/_comparison_notes.md should quote the accuracy {accuracy:.1f} %"
