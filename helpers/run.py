@@ -280,16 +280,16 @@ def _run_series(cfg: Config, chosen: list[str], executed: Path, parameters: dict
     """Execute ``chosen`` notebooks for one seed; an interrupt becomes :class:`Interrupted` saying what was kept."""
     executed.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}
-    trained = _last_epoch(cfg) >= cfg.epochs                              # notebook 01 will train nothing
+    reused = {NOTEBOOKS[0]} if _last_epoch(cfg) >= cfg.epochs else set()   # notebook 01 will train nothing
     for i, nb in enumerate(chosen, 1):
         print(f"[{i}/{len(chosen)}] {nb}.ipynb", flush=True)
         try:
             times[nb] = round(execute(nb, executed, parameters), 1)
         except Interrupted as err:
-            write_run_json(cfg, times, complete=False)
+            write_run_json(cfg, times, complete=False, reused=reused)
             raise Interrupted(err.signum, f"interrupted by {signal.Signals(err.signum).name} during {nb}.ipynb; "
                                           f"{kept(cfg)}; run the same command again to resume.") from None
-    write_run_json(cfg, times, reused={NOTEBOOKS[0]} if trained else set())
+    write_run_json(cfg, times, reused=reused)
 
 
 def _last_epoch(cfg: Config) -> int:

@@ -186,3 +186,23 @@ def test_run_json_times_each_notebook_by_the_execution_that_did_its_work(tmp_pat
     run.write_run_json(other, {"01_training": 5.0}, complete=False)
     run.write_run_json(cfg, {"01_training": 6.0}, reused={"01_training"})
     assert seconds()["01_training"] == 6.0
+
+
+def test_a_series_cut_short_after_reloading_finished_training_keeps_the_training_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import signal
+
+    cfg = make_config("smoke", artifacts=str(tmp_path))
+    run.write_run_json(cfg, {"01_training": 50.0})                    # the series that trained
+    monkeypatch.setattr(run, "_last_epoch", lambda c: c.epochs)         # every epoch is checkpointed
+
+    def execute(nb: str, executed: Path, parameters: dict) -> float:
+        if nb == run.NOTEBOOKS[0]:
+            return 2.0                                                  # reloading the checkpoints
+        raise run.Interrupted(signal.SIGTERM)
+
+    monkeypatch.setattr(run, "execute", execute)
+    with pytest.raises(run.Interrupted):
+        run._run_series(cfg, list(run.NOTEBOOKS), tmp_path / "executed", {})
+    info = json.loads((cfg.run_dir() / "run.json").read_text())
+    assert (info["seconds"], info["complete"]) == ({"01_training": 50.0}, False)
