@@ -126,12 +126,17 @@ def _agreement(rho: float) -> str:
     return "nearly the same" if rho >= 0.8 else "a similar" if rho >= 0.5 else "a different"
 
 
+def openood_entry(id_set: str) -> dict[str, Any] | None:
+    """OpenOOD v1.5's entry of ``results/published.json`` for ``id_set``, if there is one."""
+    return next((e for key, (_, e) in published_entries(id_set).items() if key.startswith("openood")), None)
+
+
 def published_finding(ood: list[dict[str, Any]]) -> str:
     """How far below OpenOOD v1.5's rows the scores lie, and whether they come in the same order (Spearman ρ)."""
-    entries = [e for key, (_, e) in published_entries(ood[0]["id_set"]).items() if key.startswith("openood")]
-    if not entries:
+    entry = openood_entry(ood[0]["id_set"])
+    if entry is None:
         return ""
-    common, ours, theirs = beside_published(ood, entries[0], by_group=True)
+    common, ours, theirs = beside_published(ood, entry, by_group=True)
     gaps = {(g, s): theirs[g][s] - 100 * ours[g][s] for g in ours for s in common}
     worst = max(gaps, key=gaps.get)
     rho = {g: spearman([ours[g][s] for s in common], [theirs[g][s] for s in common])[0] for g in ours}
@@ -207,13 +212,12 @@ INTRO = ("One page of findings; the numbers of the rendered run and of the commi
 def summary_markdown(folder: Path = HEADLINE) -> str:
     """The Summary page for the snapshot in ``folder``."""
     info, runs = load(folder)
-    accuracy = [e["setup"]["id_test_accuracy_percent"] for k, (_, e) in
-                published_entries(runs["ood"][0]["id_set"]).items() if k.startswith("openood")]
+    openood = openood_entry(runs["ood"][0]["id_set"])
     seeds = sorted(info["seeds"], key=int)
     head = (f"**The committed real run** (`results/{folder.name}`: the `{info['profile']}` profile, "
             f"{setting(info['config'])} on {id_source(info)}; seeds {_and(seeds)}) reads as follows. "
             f"Figures are {' / '.join(f'seed {s}' for s in seeds)}.")
-    bullets = [training_finding(runs["training"], accuracy[0] if accuracy else None),
+    bullets = [training_finding(runs["training"], openood["setup"]["id_test_accuracy_percent"] if openood else None),
                " ".join(filter(None, [scores_finding(runs["ood"]), published_finding(runs["ood"])])),
                collapse_finding(runs["collapse"]), nc5_finding(runs["nc5"]), layers_finding(runs["layers"])]
     wrap = dict(width=116, break_long_words=False, break_on_hyphens=False)
