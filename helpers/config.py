@@ -90,7 +90,7 @@ class Config:
 _SMOKE = dict(profile="smoke", batch_size=64)       # 18 steps an epoch on the 1152 training images
 # CIFAR-100 against OpenOOD v1.5's near (CIFAR-10, Tiny ImageNet) and the far sets available offline.
 _CPU = dict(profile="cpu", id_dataset="cifar100", width=16, epochs=30, train_subset=0, batch_size=128, lr=0.05,
-            augment=False, checkpoint_every=5,
+            augment=True, plain_epochs=20, checkpoint_every=5,
             ood_datasets=("cifar10", "tinyimagenet", "dtd10", "fashion-mnist", "synthetic-digits"),
             val_ood_dataset="tinyimagenet-holdout", ood_subset=0)
 _FULL = dict(profile="full", id_dataset="cifar100", width=64, epochs=200, batch_size=128, lr=0.1, augment=True,
