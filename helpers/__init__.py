@@ -42,7 +42,7 @@ def setup(namespace: dict[str, Any]):
     print(f"ID set {cfg.id_dataset}: {splits.num_classes} classes, {len(splits.train)} train / {len(splits.val)} "
           f"val / {len(splits.test)} test images; network: width {cfg.width}, {cfg.epochs} epochs, batch "
           f"{cfg.batch_size}, lr {cfg.lr}, weight decay {cfg.weight_decay}, augmentation "
-          f"{'on' if cfg.augment else 'off'}" + (f" (last {cfg.plain_epochs} epochs plain)" if cfg.plain_epochs
-                                                 else ""))
+          f"{'on' if cfg.augment else 'off'}" + (f" (last {cfg.plain_epochs} epochs plain)"
+                                                 if cfg.augment and cfg.plain_epochs else ""))
     print(colab.training_plan(cfg, device))
     return cfg, splits, device

@@ -70,7 +70,8 @@ class Config:
         if self.id_dataset == "synthetic":                   # the synthetic set's size only matters for itself
             fields += ("num_classes", "per_class")
         fields += tuple(k for k in ("plain_epochs", "precision", "deterministic")     # only when not the default,
-                        if getattr(self, k) != getattr(Config, k))                     # so older keys stay valid
+                        if getattr(self, k) != getattr(Config, k)                      # so older keys stay valid,
+                        and (k != "plain_epochs" or self.augment))                    # (plain epochs need augmentation)
         blob = json.dumps({k: getattr(self, k) for k in fields}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
 

@@ -130,10 +130,19 @@ def test_key_changes_with_training_fields(name: str, value: object) -> None:
 @pytest.mark.parametrize("name, value", [
     ("device", "cpu"), ("eval_batch_size", 64), ("artifacts", "/tmp/elsewhere"), ("compile", True),
     ("ood_datasets", ("svhn",)), ("checkpoint_every", 7), ("data_root", "/tmp/data"),
+    ("plain_epochs", 5),                                  # smoke trains unaugmented: plain epochs change nothing
 ])
 def test_key_ignores_fields_that_do_not_change_the_weights(name: str, value: object) -> None:
     base = config.make_config("smoke")
     assert config.make_config("smoke", **{name: value}).key() == base.key()
+
+
+def test_plain_epochs_change_the_key_only_of_an_augmented_training() -> None:
+    augmented = config.make_config("cpu")
+    assert augmented.augment and augmented.plain_epochs
+    assert config.make_config("cpu", plain_epochs=0).key() != augmented.key()
+    assert config.make_config("cpu", augment=False).key() == config.make_config("cpu", augment=False,
+                                                                                plain_epochs=0).key()
 
 
 def test_run_dir_lives_under_artifacts_and_names_profile_seed_and_key(tmp_path) -> None:
