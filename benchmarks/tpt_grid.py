@@ -1,7 +1,7 @@
 """What the terminal phase costs on a CPU: one row per training setting of the ``cpu`` profile.
 
-The book's table "Why the cpu profile trains without augmentation" (chapter Introduction) is printed by this
-script. A setting is a list of ``NAME=VALUE`` overrides of the ``cpu`` profile, e.g. ``augment=true
+The book's table "How the cpu profile augments and still reaches the terminal phase" (chapter Introduction) is
+printed by this script. A setting is a list of ``NAME=VALUE`` overrides of the ``cpu`` profile, e.g. ``augment=true
 plain_epochs=12``. Each setting is trained first with ``python -m helpers.run --profile cpu -p NAME VALUE ...
 --only 01`` (hours on 2 cores; checkpoints resume); this script then reads its run folder and prints:
 
@@ -82,7 +82,7 @@ def row(text: str) -> dict[str, Any]:
     last = max(checkpoints)
     history = checkpoint.load(checkpoints[last])["history"]
     onset = held_onset(history)
-    name = text or "no augmentation (the profile)"
+    name = text or f"the cpu profile (augment={str(cfg.augment).lower()} plain_epochs={cfg.plain_epochs})"
     return dict(setting=name if last == cfg.epochs else f"{name} (pilot, read at epoch {last} of {cfg.epochs})",
                 s_per_epoch=seconds_per_epoch(checkpoints), onset=onset,
                 held=last == cfg.epochs and onset is not None and onset <= 0.75 * cfg.epochs + 1,
