@@ -102,12 +102,16 @@ def _earlier_seeds(dest: Path, cfg: Config, seeds: list[int]) -> tuple[dict[str,
 
 
 def _snapshot_info(old: dict[str, Any], kept: list[int], new: dict[int, dict[str, Any]]) -> dict[str, Any]:
-    """The last new run's ``run.json`` with every seed's wall times (``seeds``) and commit (``commits``)."""
+    """The last new run's ``run.json`` with every seed's wall times (``seeds``), commit (``commits``) and CPU
+    thread count (``threads``: a CPU run repeats bit for bit only at the same count)."""
     info = dict(new[list(new)[-1]])
     old_commits = old.get("commits", {})
     info["seeds"] = {**{str(s): old["seeds"][str(s)] for s in kept}, **{str(s): r["seconds"] for s, r in new.items()}}
     info["commits"] = {**{str(s): old_commits.get(str(s), old.get("commit")) for s in kept},
                        **{str(s): r.get("commit") for s, r in new.items()}}
+    old_threads = old.get("threads", {})                                 # CPU sums depend on the thread count
+    info["threads"] = {**{str(s): old_threads.get(str(s), old.get("machine", {}).get("threads")) for s in kept},
+                       **{str(s): r.get("machine", {}).get("threads") for s, r in new.items()}}
     return info
 
 
@@ -234,7 +238,7 @@ def _provenance(info: dict[str, Any]) -> list[str]:
     secs, c, m = info.get("seconds", {}), info["config"], info["machine"]
     out = [f"Profile `{info['profile']}`, ID set `{c['id_dataset']}`, width {c['width']}, {c['epochs']} epochs, "
            f"seeds {', '.join(seeds)}; {_commits(info)}, {info['date']}, {m['cpus']} CPUs "
-           f"({m['platform']}), GPU: {m['gpu'] or 'none'}, torch {m['torch']}.", ""]
+           f"({m['platform']}){_threads(info)}, GPU: {m['gpu'] or 'none'}, torch {m['torch']}.", ""]
     if info.get("data"):
         out += ["Data: " + "; ".join(f"`{name}` from {where}" for name, where in info["data"].items()) + ".", ""]
     if secs:
@@ -248,6 +252,16 @@ def _commits(info: dict[str, Any]) -> str:
     if len(set(commits.values())) <= 1:
         return f"commit `{info['commit']}`"
     return "commits " + ", ".join(f"`{c}` (seed {s})" for s, c in sorted(commits.items(), key=lambda x: int(x[0])))
+
+
+def _threads(info: dict[str, Any]) -> str:
+    """``, 1 thread``, or the threads of each seed when the seeds ran at different counts ("" if unrecorded)."""
+    per_seed = {s: t for s, t in (info.get("threads") or {}).items() if t}
+    counts = set(per_seed.values()) or {info["machine"].get("threads")} - {None}
+    if len(counts) == 1:
+        [n] = counts
+        return f", {n} thread{'s' * (n != 1)}"
+    return ", threads " + ", ".join(f"{t} (seed {s})" for s, t in sorted(per_seed.items(), key=lambda x: int(x[0])))
 
 
 def _training_lines(t: list[dict[str, Any]]) -> list[str]:

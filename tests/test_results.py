@@ -19,7 +19,7 @@ def _summary(auroc: float, fpr: float) -> dict[str, float]:
                 fpr95_high=fpr + 0.02)
 
 
-def _fake_run(cfg, auroc: float, commit: str = "abc1234") -> None:
+def _fake_run(cfg, auroc: float, commit: str = "abc1234", threads: int = 2) -> None:
     report.save_metrics(cfg, "training", dict(train_acc=1.0, test_acc=0.5, tpt_onset=7))
     report.save_metrics(cfg, "ood", dict(
         id_set="synthetic", ood_sets=["far", "near"],
@@ -31,7 +31,7 @@ def _fake_run(cfg, auroc: float, commit: str = "abc1234") -> None:
         num_classes=5, feature_dim=32, final=dict(nc1=0.25, nc3=0.1),
         trajectory=[dict(epoch=e, nc1=10.0 / e) for e in (1, 2, 4, 8)]))
     run_json = dict(profile="smoke", config=cfg.to_dict(), commit=commit, date="2026-11-24 00:00 UTC",
-                    machine=dict(platform="test", processor="x86_64", cpus=2, torch="2", gpu=None),
+                    machine=dict(platform="test", processor="x86_64", cpus=2, threads=threads, torch="2", gpu=None),
                     data={"synthetic (train)": "helpers.synthetic, seed 0"}, seconds={"01_training": 10.0})
     write_json(RunPaths.of(cfg).run_json, run_json)
     ckpt.save_atomic({"model": build_model(5, 4).state_dict(), "epoch": 8}, RunPaths.of(cfg).checkpoints / "e8.pt")
@@ -78,7 +78,7 @@ def test_a_later_seed_joins_the_snapshot_of_the_same_setting_and_a_new_setting_r
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(artifacts, "RESULTS", tmp_path / "results")
     first, second = make_tiny(tmp_path, seed=0), make_tiny(tmp_path / "elsewhere", seed=1, eval_batch_size=7)
-    _fake_run(first, 0.8, commit="aaaaaaa")
+    _fake_run(first, 0.8, commit="aaaaaaa", threads=1)
     _fake_run(second, 0.9, commit="bbbbbbb")
     results.write_snapshot(first, [0], {0: first.run_dir()})
     dest = results.write_snapshot(second, [1], {1: second.run_dir()})     # another session, another machine
@@ -87,11 +87,13 @@ def test_a_later_seed_joins_the_snapshot_of_the_same_setting_and_a_new_setting_r
     assert info["commits"] == {"0": "aaaaaaa", "1": "bbbbbbb"} and sorted(info["seeds"]) == ["0", "1"]
     md = results.results_markdown(make_tiny(tmp_path / "other"))
     assert "commits `aaaaaaa` (seed 0), `bbbbbbb` (seed 1)" in md and "| `msp` | 85.0 ± 7.1 |" in md
+    assert info["threads"] == {"0": 1, "1": 2} and "threads 1 (seed 0), 2 (seed 1)" in md
     longer = make_tiny(tmp_path / "longer", seed=1, epochs=4)
     _fake_run(longer, 0.7)
     dest = results.write_snapshot(longer, [1], {1: longer.run_dir()})
     assert [p.name for p in dest.glob("weights-seed-*.pt")] == ["weights-seed-1.pt"]
     assert artifacts.read_json(dest / "run.json")["commits"] == {"1": "abc1234"}
+    assert ", 2 threads," in results.results_markdown(make_tiny(tmp_path / "other"))
 
 
 def test_scores_are_ordered_by_the_registry() -> None:

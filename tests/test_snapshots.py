@@ -134,14 +134,15 @@ def test_exercise_answers_quote_the_headline_snapshot() -> None:
     nc = [{r["epoch"]: r for r in artifacts.read_json(p / "collapse.json")["trajectory"]} for p in seeds]
     onsets = {artifacts.read_json(p / "collapse.json")["tpt_onset"] for p in seeds}
     vs_id = [v["auroc"] for o in ood for v in o["id_vs_id"]["scores"].values()]
-    dims = [o["hyperparameters"]["neco"]["dim"] for o in ood]
+    kept = [f"$d = {o['hyperparameters']['neco']['dim']}$ (seed {s})" for s, o in zip(_seeds(HEADLINE), ood,
+                                                                                        strict=True)]
     expected = {
         "02_ood_scores.ipynb": [
             *(f"{label} AUROC is {_span([o['average'][s]['auroc'] for o in ood], 1, 100)} %" for label, s in
               [("Max Logit's", "maxlogit")]),
             f"$T = 1$ {_span([o['average']['energy']['auroc'] for o in ood], 1, 100)} %",
             f"MSP's {_span([o['average']['msp']['auroc'] for o in ood], 1, 100)} %",
-            f"$d = {dims[0]}$ (seed 0) and $d = {dims[1]}$ (seed 1)",
+            ", ".join(kept[:-1]) + f" and {kept[-1]}",
             f"deviation is {_span([o['id_vs_id']['null_sd'] for o in ood], 2, 100)} points",
             f"between {100 * min(vs_id):.1f} % and {100 * max(vs_id):.1f} %"],
         "03_neural_collapse.ipynb": [
